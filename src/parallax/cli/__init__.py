@@ -1,0 +1,3 @@
+from parallax.cli.main import cli, main
+
+__all__ = ["cli", "main"]

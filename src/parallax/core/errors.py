@@ -1,0 +1,99 @@
+"""Every error Parallax raises, in one tree.
+
+```
+ParallaxError
+├── UserError                 misuse: bad input, bad configuration; exit code 2 in the CLI
+│   ├── InvalidAppend         empty batch, too many records, too large, bad header, bad command
+│   ├── InvalidStreamName     empty, too long, or not UTF-8
+│   ├── InvalidRead           a read start or limit that makes no sense
+│   └── StoreURLError         a store URL with an unknown scheme or a bad shape
+└── StreamError               the stream said no; exit code 1 in the CLI
+    ├── StreamNotFound        no stream by that name
+    ├── StreamExists          create() of a name that is taken
+    ├── SeqNumMismatch        match_seq_num lost a race; carries the tail it should have been
+    ├── FencingTokenMismatch  the fencing token did not match; carries the current token
+    └── ReadUnwritten         a read starting past the tail; carries the tail
+```
+
+A lost race always shows up as exactly one of `SeqNumMismatch` or `FencingTokenMismatch`,
+so a caller that does read-decide-append can catch it, re-read and decide again.
+Backends convert their vendor errors into these at their edge (`raise ... from e`).
+"""
+
+from __future__ import annotations
+
+
+class ParallaxError(Exception):
+    """Base of every error Parallax raises on purpose."""
+
+
+class UserError(ParallaxError):
+    """The caller asked for something that cannot be done as asked; nothing was changed."""
+
+
+class InvalidAppend(UserError):
+    """An append batch broke a rule (see `parallax.streams.base.AppendInput`); nothing was written."""
+
+
+class InvalidStreamName(UserError):
+    """A stream name must be 1..512 bytes of UTF-8."""
+
+
+class InvalidRead(UserError):
+    """A read start or limit outside what the store accepts."""
+
+
+class StoreURLError(UserError):
+    """A store URL that no backend understands."""
+
+
+class StreamError(ParallaxError):
+    """A stream operation that was well formed but refused by the stream's current state."""
+
+
+class StreamNotFound(StreamError):
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream not found: {stream!r}")
+        self.stream = stream
+
+
+class StreamExists(StreamError):
+    def __init__(self, stream: str) -> None:
+        super().__init__(f"stream already exists: {stream!r}")
+        self.stream = stream
+
+
+class SeqNumMismatch(StreamError):
+    """`match_seq_num` did not equal the stream's tail; `expected` is the tail at that moment."""
+
+    def __init__(self, expected: int, *, stream: str = "", given: int | None = None) -> None:
+        where = f" on {stream!r}" if stream else ""
+        got = f" (match_seq_num was {given})" if given is not None else ""
+        super().__init__(f"sequence number mismatch{where}: the tail is {expected}{got}")
+        self.expected = expected
+        self.stream = stream
+        self.given = given
+
+
+class FencingTokenMismatch(StreamError):
+    """The append's fencing token is not the stream's; `expected` is the current token."""
+
+    def __init__(self, expected: str, *, stream: str = "", given: str | None = None) -> None:
+        where = f" on {stream!r}" if stream else ""
+        got = f" (append carried {given!r})" if given is not None else ""
+        super().__init__(f"fencing token mismatch{where}: the stream is fenced with {expected!r}{got}")
+        self.expected = expected
+        self.stream = stream
+        self.given = given
+
+
+class ReadUnwritten(StreamError):
+    """A read started past the tail (and did not ask to clamp); `tail` is the current tail."""
+
+    def __init__(self, tail: int, *, stream: str = "", start: int | None = None) -> None:
+        where = f" of {stream!r}" if stream else ""
+        at = f" at {start}" if start is not None else ""
+        super().__init__(f"read{at} starts past the tail{where}, which is {tail}")
+        self.tail = tail
+        self.stream = stream
+        self.start = start
