@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from parallax.core.errors import SeqNumMismatch
@@ -10,9 +11,13 @@ from parallax.streams import AppendInput, AppendRecord
 from parallax.streams.sqlite import SqliteStore
 
 
-async def race(db: str, stream: str, rounds: int, me: str) -> None:
-    """Append conditionally at the tail until the stream holds `rounds` records; print each win."""
+async def race(db: str, stream: str, rounds: int, me: str, go: str) -> None:
+    """Append conditionally at the tail until the stream holds `rounds` records; print each win.
+    Prints `ready` first and starts only once the file `go` exists, so every racer starts together."""
     async with SqliteStore(db) as store:
+        print("ready", flush=True)
+        while not os.path.exists(go):  # noqa: ASYNC110, ASYNC240 - a start barrier, not I/O worth offloading
+            await asyncio.sleep(0.001)
         while True:
             tail = (await store.check_tail(stream)).seq_num
             if tail >= rounds:
@@ -55,7 +60,7 @@ async def append_lines(db: str, stream: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "race":
-        asyncio.run(race(args[0], args[1], int(args[2]), args[3]))
+        asyncio.run(race(args[0], args[1], int(args[2]), args[3], args[4]))
     elif command == "append-forever":
         asyncio.run(append_forever(args[0], args[1], int(args[2])))
     elif command == "append-lines":

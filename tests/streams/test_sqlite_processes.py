@@ -29,8 +29,13 @@ async def test_racing_conditional_appends_across_processes_exactly_one_wins(tmp_
     db = str(tmp_path / "race.db")
     async with SqliteStore(db) as store:
         await store.create("s")
-    rounds = 150
-    procs = [spawn("race", db, "s", str(rounds), f"p{i}") for i in range(4)]
+    rounds = 300
+    go = tmp_path / "go"
+    procs = [spawn("race", db, "s", str(rounds), f"p{i}", str(go)) for i in range(4)]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+    go.touch()
     wins: dict[str, list[int]] = {}
     for i, proc in enumerate(procs):
         out, _ = proc.communicate(timeout=120)
