@@ -14,3 +14,10 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyt
     for name in list(os.environ):
         if name.startswith("PARALLAX_"):
             monkeypatch.delenv(name)
+
+
+# No test may reach a model provider: pydantic-ai refuses every real model request (even to
+# loopback) unless a test re-allows it explicitly for a fake server it started itself.
+import pydantic_ai.models  # noqa: E402
+
+pydantic_ai.models.ALLOW_MODEL_REQUESTS = False

@@ -25,15 +25,38 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
+# A provider key in the environment, and the model Parallax uses by default when it finds one.
+PROVIDER_DEFAULTS = (
+    ("ANTHROPIC_API_KEY", "anthropic:claude-sonnet-4-5"),
+    ("OPENAI_API_KEY", "openai:gpt-4.1-mini"),
+    ("GOOGLE_API_KEY", "google-gla:gemini-2.5-flash"),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     store_url: str | None = None  # PARALLAX_STORE
     model: str | None = None  # PARALLAX_MODEL
+    provider_keys: tuple[str, ...] = ()  # names of the provider key variables that are set
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        return cls(store_url=env.get("PARALLAX_STORE") or None, model=env.get("PARALLAX_MODEL") or None)
+        return cls(
+            store_url=env.get("PARALLAX_STORE") or None,
+            model=env.get("PARALLAX_MODEL") or None,
+            provider_keys=tuple(name for name, _ in PROVIDER_DEFAULTS if env.get(name)),
+        )
+
+    def default_model(self) -> tuple[str | None, str]:
+        """The model to use when a plan leaves it open, and why: PARALLAX_MODEL, else the
+        default model of the first provider whose key is set, else None (offline)."""
+        if self.model:
+            return self.model, "PARALLAX_MODEL"
+        for name, model in PROVIDER_DEFAULTS:
+            if name in self.provider_keys:
+                return model, name
+        return None, "no PARALLAX_MODEL and no provider key (ANTHROPIC_API_KEY, OPENAI_API_KEY, GOOGLE_API_KEY)"
 
     def default_store_url(self, cwd: Path | None = None) -> str:
         """PARALLAX_STORE if set, else `.parallax/parallax.db` under the project root."""

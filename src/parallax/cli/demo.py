@@ -1,84 +1,56 @@
-"""`parallax demo`: a walkthrough of the stream store that every later layer stands on.
+"""`parallax demo`: the five-views feature spec, run live, merged with every conflict shown.
 
-Two writers race for the same slot of a control stream; exactly one wins and the loser re-reads
-and decides again. A fenced writer locks out a stale one. A fork branches a run's history. A
-tail in a second process sees every append as it happens. All of it on the real store file.
+Uses the model in PARALLAX_MODEL, or a provider's default model when its key is set; with
+neither it runs offline on the scripted answers shipped with the example, and says so first.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import time
+import json
+from pathlib import Path
 
 import click
+from rich.console import Console
 
 from parallax.cli.context import CliContext, run_with_store
-from parallax.core.errors import FencingTokenMismatch, SeqNumMismatch
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.cli.runs import execute, print_summary
+from parallax.core.state import RunState
+from parallax.engine import api
+from parallax.engine.runner import RunOptions
+from parallax.examples.feature_spec import plan as feature_spec
+from parallax.streams.base import StreamStore
 
-
-def say(text: str) -> None:
-    click.echo(text)
-
-
-async def walkthrough(store: StreamStore, store_url: str) -> None:
-    run = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
-    control = f"{run}/control"
-    say(f"store: {store_url}\nrun:   {run}\n")
-
-    say("1. A tail in another process follows the control stream live.")
-    follower = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "parallax", "--store", store_url, "streams", "tail", control, "--wait"],
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        say("\n2. Two workers race to claim task-1 with a conditional append at seq 0.")
-        await store.create(control)
-
-        async def claim(worker: str) -> str:
-            record = AppendRecord(f"task-1 claimed by {worker}".encode(), ((b"type", b"task.claimed"),))
-            try:
-                ack = await store.append(control, AppendInput([record], match_seq_num=0))
-            except SeqNumMismatch as e:
-                return f"   {worker}: lost (the tail was already {e.expected}); re-reads and picks other work"
-            return f"   {worker}: won at seq {ack.start.seq_num}"
-
-        for line in await asyncio.gather(claim("worker-a"), claim("worker-b")):
-            say(line)
-
-        say("\n3. A coordinator fences the stream; a stale coordinator is locked out.")
-        await store.fence(control, "coordinator-2")
-        try:
-            await store.append(control, AppendInput([AppendRecord(b"stale decision")], fencing_token="coordinator-1"))
-        except FencingTokenMismatch as e:
-            say(f"   coordinator-1 refused: {e}")
-        await store.append(control, AppendInput([AppendRecord(b"run.finished")], fencing_token="coordinator-2"))
-        say("   coordinator-2 appended run.finished")
-
-        say("\n4. Fork the run's control stream at seq 1 to try a different decision from there.")
-        await store.fork(control, f"{run}-fork/control", 1)
-        await store.append(f"{run}-fork/control", AppendInput([AppendRecord(b"a different path")]))
-        for name in (control, f"{run}-fork/control"):
-            records = await store.read_all(name)
-            shown = ", ".join(f"{r.seq_num}:{(r.body or r.headers[0][1]).decode()}" for r in records)
-            say(f"   {name}: {shown}")
-
-        tail = await store.check_tail(control)
-        say(f"\n5. What the other process saw, live ({tail.seq_num} records):")
-        assert follower.stdout is not None
-        for _ in range(tail.seq_num):
-            seen = await asyncio.wait_for(follower.stdout.readline(), 10)
-            say(f"   {seen.decode().rstrip()}")
-    finally:
-        follower.terminate()
-        await follower.wait()
-    say(f"\nInspect it yourself: parallax --store {store_url} streams read {control}")
+ANSWERS = Path(feature_spec.__file__).with_name("answers.json")
 
 
 @click.command()
+@click.option("--brief", default="Let users export all their data as a CSV file.", show_default=True)
+@click.option("--output", "-o", default="feature_spec.json", show_default=True, help="Where to write the spec.")
+@click.option("--offline", is_flag=True, help="Use the scripted answers even when a model is configured.")
+@click.option("--quiet", "-q", is_flag=True, help="No live lanes.")
 @click.pass_context
-def demo(ctx: click.Context) -> None:
-    """Walk through durable streams: races, fencing, forks and live tails."""
+def demo(ctx: click.Context, brief: str, output: str, offline: bool, quiet: bool) -> None:
+    """Five agents write one feature spec in parallel; the merge surfaces their conflicts."""
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
-    run_with_store(ctx, lambda store: walkthrough(store, cli.store_url))
+    model, why = cli.settings.default_model()
+    console = Console()
+    if offline or model is None:
+        model = f"scripted:{ANSWERS}"
+        reason = "--offline" if offline else why
+        console.print(f"[bold]Offline:[/] scripted answers shipped with the example ({reason}).", highlight=False)
+    else:
+        console.print(f"[bold]Online:[/] model {model} (from {why}).", highlight=False)
+    plan = feature_spec.build(brief=brief, model=model)
+
+    async def action(store: StreamStore) -> RunState:
+        run_id = await api.create_run(store, plan, source="parallax.examples.feature_spec.plan:build")
+        console.print(f"run [bold]{run_id}[/]: 5 views of “{brief}”, then one merge  (store {cli.store_url})")
+        return await execute(store, run_id, RunOptions(), console, quiet)
+
+    state = run_with_store(ctx, action)
+    merged = state.result if isinstance(state.result, dict) else {}
+    Path(output).write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+    print_summary(console, state)
+    console.print(f"spec written to [bold]{output}[/]; inspect with: parallax inspect {state.run_id}")
+    if state.status != "succeeded":
+        raise SystemExit(1)

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from parallax import __version__
-from parallax.cli.context import CliContext
+from parallax.cli.context import CliContext, exit_code_for, fail
 from parallax.cli.demo import demo
+from parallax.cli.runs import COMMANDS as RUN_COMMANDS
 from parallax.cli.streams import streams
+from parallax.core.errors import ParallaxError
 from parallax.settings import Settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class ParallaxGroup(click.Group):
+    """Turns any Parallax error raised by a subcommand into one line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ParallaxError as e:
+            fail(str(e), exit_code_for(e))
+
+
+@click.group(cls=ParallaxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--store",
     "store_url",
@@ -27,8 +41,8 @@ def cli(ctx: click.Context, store_url: str | None) -> None:
     ctx.obj = CliContext(store_url=store_url or settings.default_store_url(), settings=settings)
 
 
-cli.add_command(streams)
-cli.add_command(demo)
+for command in (*RUN_COMMANDS, streams, demo):
+    cli.add_command(command)
 
 
 def main() -> None:

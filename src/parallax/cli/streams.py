@@ -360,3 +360,12 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
 
     run_with_store(ctx, action)
     click.echo(f"deleted {name!r}")
+
+
+def _register_demo() -> None:
+    from parallax.cli.streams_demo import streams_demo
+
+    streams.add_command(streams_demo)
+
+
+_register_demo()

@@ -7,12 +7,22 @@ ParallaxError
 │   ├── InvalidStreamName     empty, too long, or not UTF-8
 │   ├── InvalidRead           a read start or limit that makes no sense
 │   └── StoreURLError         a store URL with an unknown scheme or a bad shape
-└── StreamError               the stream said no; exit code 1 in the CLI
-    ├── StreamNotFound        no stream by that name
-    ├── StreamExists          create() of a name that is taken
-    ├── SeqNumMismatch        match_seq_num lost a race; carries the tail it should have been
-    ├── FencingTokenMismatch  the fencing token did not match; carries the current token
-    └── ReadUnwritten         a read starting past the tail; carries the tail
+│   ├── PlanError             a plan or target that cannot be compiled or loaded
+│   └── TemplateError         a prompt template refers to something that does not exist
+├── StreamError               the stream said no; exit code 1 in the CLI
+│   ├── StreamNotFound        no stream by that name
+│   ├── StreamExists          create() of a name that is taken
+│   ├── SeqNumMismatch        match_seq_num lost a race; carries the tail it should have been
+│   ├── FencingTokenMismatch  the fencing token did not match; carries the current token
+│   └── ReadUnwritten         a read starting past the tail; carries the tail
+└── RunError                  a run could not go on as planned; exit code 1 in the CLI
+    ├── RunNotFound           no run by that id
+    ├── Fenced                another coordinator took the run over; this one must stop
+    ├── GrantDenied           an agent used a stream it holds no grant for
+    └── AgentFailed           one attempt of an agent failed; `retryable` says if another may help
+        ├── AgentTimeout      the attempt ran past its timeout (its process group was killed)
+        ├── InvalidOutput     the output did not validate against the step's model
+        └── ProviderError     the model provider refused or broke (HTTP status, Retry-After)
 ```
 
 A lost race always shows up as exactly one of `SeqNumMismatch` or `FencingTokenMismatch`,
@@ -45,6 +55,14 @@ class InvalidRead(UserError):
 
 class StoreURLError(UserError):
     """A store URL that no backend understands."""
+
+
+class PlanError(UserError):
+    """A plan, pattern or target that cannot be loaded or compiled; says where and why."""
+
+
+class TemplateError(UserError):
+    """A prompt template names a value that does not exist."""
 
 
 class StreamError(ParallaxError):
@@ -97,3 +115,64 @@ class ReadUnwritten(StreamError):
         self.tail = tail
         self.stream = stream
         self.start = start
+
+
+class RunError(ParallaxError):
+    """A run could not go on as planned."""
+
+
+class RunNotFound(RunError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run not found: {run_id!r}")
+        self.run_id = run_id
+
+
+class Fenced(RunError):
+    """Another coordinator fenced the run's control stream; this one must stop writing."""
+
+
+class GrantDenied(RunError):
+    """An agent tried to use a stream it holds no grant for."""
+
+    def __init__(self, agent: str, stream: str, action: str) -> None:
+        super().__init__(f"agent {agent!r} has no grant to {action} {stream!r}")
+        self.agent = agent
+        self.stream = stream
+        self.action = action
+
+
+class AgentFailed(RunError):
+    """One attempt of an agent failed. `retryable` says whether another attempt may succeed;
+    `retry_after` (seconds) is the provider's own hint, when it gave one."""
+
+    retryable: bool = True
+    usage: dict[str, object] | None = None  # what the failed attempt consumed, when known
+
+    def __init__(self, message: str, *, retryable: bool | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class AgentTimeout(AgentFailed):
+    retryable = True
+
+
+class InvalidOutput(AgentFailed):
+    retryable = False
+
+
+class ProviderError(AgentFailed):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if retryable is None:
+            retryable = status is None or status == 429 or status >= 500
+        super().__init__(message, retryable=retryable, retry_after=retry_after)
+        self.status = status

@@ -1,0 +1,296 @@
+"""`cli` agents: coding-agent CLIs run non-interactively, from a preset or a command template.
+
+Each preset follows the tool's documented non-interactive mode (checked against the real
+programs' `--help` and their output with no credentials, 2026-11):
+
+    claude    claude -p PROMPT --output-format stream-json --verbose --permission-mode acceptEdits [--model M]
+    codex     codex exec --json -s workspace-write --skip-git-repo-check [-m M] PROMPT
+    gemini    gemini -p PROMPT --approval-mode yolo --skip-trust -o stream-json [-m M]
+    aider     aider --message PROMPT --yes-always --no-pretty --no-stream ... --model M
+    opencode  opencode run --format json --auto [-m provider/model] PROMPT
+
+Standard input is closed (codex would otherwise read it into the prompt). Every stdout line is
+streamed to the agent's stream; the final answer is taken from each tool's own result event,
+and errors are read from the output, not from the exit code alone (aider exits 0 when it
+cannot authenticate; claude reports `is_error` in its result). The whole process group is
+killed at the step's timeout, or at `settings.timeout_s` (default 1800 s): several of these
+tools retry a dead network for a long time.
+
+A template (`command`) is any shell command with `{{prompt}}` and `{{input...}}` references,
+filled in shell-quoted; its stdout is the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from parallax.agents.base import Agent, AgentContext, AgentResult
+from parallax.agents.command import parse_output, render_command
+from parallax.agents.process import run_process, tail_text
+from parallax.core import events as ev
+from parallax.core.errors import AgentFailed, PlanError
+from parallax.core.plan import AgentSpec
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+@dataclass
+class Transcript:
+    """What a CLI said, as it is parsed line by line."""
+
+    chunks: list[str] = field(default_factory=list[str])
+    final: str | None = None
+    error: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict[str, Any])
+
+
+LineParser = Callable[[str, Transcript, AgentContext], None]
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def parse_claude(line: str, out: Transcript, ctx: AgentContext) -> None:
+    event = _json_line(line)
+    if event is None:
+        return
+    kind = event.get("type")
+    if kind == "assistant":
+        for part in event.get("message", {}).get("content", []) or []:
+            if isinstance(part, dict) and part.get("type") == "text":
+                out.chunks.append(str(part.get("text", "")))
+            elif isinstance(part, dict) and part.get("type") == "tool_use":
+                ctx.log(ev.AGENT_TOOL_CALL, {"tool": part.get("name"), "args": part.get("input")})
+    elif kind == "result":
+        text = str(event.get("result", ""))
+        if event.get("is_error"):
+            out.error = text or str(event.get("subtype", "error"))
+        else:
+            out.final = text
+        usage = event.get("usage") or {}
+        out.usage = {
+            "requests": int(event.get("num_turns", 1) or 1),
+            "input_tokens": int(usage.get("input_tokens", 0) or 0),
+            "output_tokens": int(usage.get("output_tokens", 0) or 0),
+            "cost_usd": float(event.get("total_cost_usd", 0.0) or 0.0),
+        }
+
+
+def parse_codex(line: str, out: Transcript, ctx: AgentContext) -> None:
+    event = _json_line(line)
+    if event is None:
+        return
+    kind = event.get("type")
+    raw_item = event.get("item")
+    item: dict[str, Any] = raw_item if isinstance(raw_item, dict) else {}
+    if kind == "item.completed" and item.get("type") == "agent_message":
+        out.final = str(item.get("text", ""))
+        out.chunks.append(out.final)
+    elif kind == "item.completed" and item.get("type") in ("command_execution", "file_change", "mcp_tool_call"):
+        ctx.log(ev.AGENT_TOOL_CALL, {"tool": item.get("type"), "args": {k: v for k, v in item.items() if k != "type"}})
+    elif kind == "turn.completed":
+        usage = event.get("usage") or {}
+        out.usage = {
+            "requests": 1,
+            "input_tokens": int(usage.get("input_tokens", 0) or 0),
+            "output_tokens": int(usage.get("output_tokens", 0) or 0),
+        }
+    elif kind == "turn.failed":
+        out.error = str((event.get("error") or {}).get("message", "turn failed"))
+
+
+def parse_gemini(line: str, out: Transcript, ctx: AgentContext) -> None:
+    event = _json_line(line)
+    if event is None:
+        return
+    kind = event.get("type")
+    if kind == "message" and event.get("role") == "assistant":
+        out.chunks.append(str(event.get("content", "")))
+        out.final = "".join(out.chunks)
+    elif kind == "tool_use":
+        ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.get("tool_name"), "args": event.get("parameters")})
+    elif kind == "result" and event.get("status") == "error":
+        out.error = json.dumps(event.get("error")) if event.get("error") else "gemini reported an error"
+    elif kind == "error":
+        out.error = str(event.get("message") or event.get("error") or "gemini reported an error")
+
+
+def parse_opencode(line: str, out: Transcript, ctx: AgentContext) -> None:
+    event = _json_line(line)
+    if event is None:
+        return
+    kind = event.get("type")
+    raw_part = event.get("part")
+    part: dict[str, Any] = raw_part if isinstance(raw_part, dict) else {}
+    if kind == "text":
+        out.final = str(part.get("text", ""))
+        out.chunks.append(out.final)
+    elif kind == "tool_use":
+        ctx.log(ev.AGENT_TOOL_CALL, {"tool": part.get("tool"), "args": (part.get("state") or {}).get("input")})
+    elif kind == "step_finish":
+        tokens = part.get("tokens") or {}
+        out.usage = {
+            "requests": int(out.usage.get("requests", 0)) + 1,
+            "input_tokens": int(out.usage.get("input_tokens", 0)) + int(tokens.get("input", 0) or 0),
+            "output_tokens": int(out.usage.get("output_tokens", 0)) + int(tokens.get("output", 0) or 0),
+            "cost_usd": float(out.usage.get("cost_usd", 0.0)) + float(part.get("cost", 0.0) or 0.0),
+        }
+    elif kind == "error":
+        error = event.get("error") or {}
+        out.error = str((error.get("data") or {}).get("message") or error.get("name") or "opencode error")
+
+
+_AIDER_AUTH = re.compile(r"AuthenticationError|not able to authenticate you", re.IGNORECASE)
+
+
+def parse_text(line: str, out: Transcript, ctx: AgentContext) -> None:
+    out.chunks.append(line + "\n")
+    if _AIDER_AUTH.search(line):
+        out.error = line.strip()
+
+
+@dataclass(frozen=True)
+class Preset:
+    argv: tuple[str, ...]  # "{prompt}" marks where the prompt goes
+    model_flag: tuple[str, ...]  # "{model}" marks the model
+    parse: LineParser
+    default_model: str | None = None
+    stdout_is_answer: bool = False  # plain-text tools: the whole stdout is the answer
+
+
+PRESETS: dict[str, Preset] = {
+    "claude": Preset(
+        ("claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits"),
+        ("--model", "{model}"),
+        parse_claude,
+    ),
+    "codex": Preset(
+        ("codex", "exec", "--json", "-s", "workspace-write", "--skip-git-repo-check", "{prompt}"),
+        ("-m", "{model}"),
+        parse_codex,
+    ),
+    "gemini": Preset(
+        ("gemini", "-p", "{prompt}", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json"),
+        ("-m", "{model}"),
+        parse_gemini,
+    ),
+    "aider": Preset(
+        (
+            "aider",
+            "--message",
+            "{prompt}",
+            "--yes-always",
+            "--no-pretty",
+            "--no-stream",
+            "--no-check-update",
+            "--analytics-disable",
+            "--no-gitignore",
+            "--no-auto-commits",
+            "--no-show-model-warnings",
+        ),
+        ("--model", "{model}"),
+        parse_text,
+        default_model="sonnet",  # without --model aider waits minutes for a browser login
+        stdout_is_answer=True,
+    ),
+    "opencode": Preset(
+        ("opencode", "run", "--format", "json", "--auto", "{prompt}"),
+        ("-m", "{model}"),
+        parse_opencode,
+    ),
+}
+
+
+def preset_argv(preset: Preset, prompt: str, model: str | None) -> list[str]:
+    argv = [prompt if part == "{prompt}" else part for part in preset.argv]
+    chosen = model or preset.default_model
+    if chosen:
+        argv += [chosen if part == "{model}" else part for part in preset.model_flag]
+    return argv
+
+
+def extract_json(text: str) -> Any:
+    """The JSON value in an answer: the whole text, a ```json fence, or the last {...} block."""
+    fence = re.search(r"```(?:json)?\s*(.+?)```", text, re.DOTALL)
+    candidates = [text, fence.group(1) if fence else ""]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except ValueError:
+            continue
+    return text
+
+
+class CliAgent(Agent):
+    def __init__(self, spec: AgentSpec) -> None:
+        super().__init__(spec)
+        if spec.preset is not None and spec.preset not in PRESETS:
+            raise PlanError(f"unknown cli preset {spec.preset!r}; presets: {', '.join(sorted(PRESETS))}")
+
+    async def run(self, ctx: AgentContext) -> AgentResult:
+        spec = self.spec
+        prompt = ctx.prompt if ctx.prompt is not None else ctx.input_json()
+        model = spec.settings.get("model")
+        if spec.preset is not None:
+            preset = PRESETS[spec.preset]
+            argv = preset_argv(preset, prompt, model if isinstance(model, str) else None)
+            parser = preset.parse
+            stdout_is_answer = preset.stdout_is_answer
+        else:
+            assert spec.command is not None
+            command = render_command(spec.command, {"prompt": prompt, "input": ctx.input})
+            argv = ["/bin/sh", "-c", command]
+            parser = parse_text
+            stdout_is_answer = True
+        ctx.log(ev.AGENT_INPUT, {"argv": [shlex.quote(a) for a in argv], "prompt": prompt})
+        transcript = Transcript()
+
+        def on_line(line: str) -> None:
+            ctx.emit(line + "\n")
+            parser(line, transcript, ctx)
+
+        limit = spec.settings.get("timeout_s", DEFAULT_TIMEOUT_S)
+        time_left = ctx.time_left()
+        timeout = float(limit) if isinstance(limit, int | float) else DEFAULT_TIMEOUT_S
+        if time_left is not None:
+            timeout = min(timeout, time_left)
+        try:
+            result = await run_process(
+                argv,
+                stdin=None,
+                env=ctx.env,
+                cwd=ctx.workdir,
+                timeout_s=timeout,
+                on_stdout_line=on_line,
+                on_stderr_line=lambda line: ctx.log(ev.AGENT_LOG, {"stderr": line}),
+            )
+        except FileNotFoundError as e:
+            raise AgentFailed(f"{argv[0]} is not installed or not on PATH ({e})", retryable=False) from e
+        if transcript.error is not None:
+            raise AgentFailed(f"{argv[0]}: {transcript.error}", retryable=False)
+        if result.returncode != 0:
+            detail = tail_text(result.stderr.strip() or result.stdout.strip()) or "(no output)"
+            raise AgentFailed(f"{argv[0]} exited with {result.returncode}: {detail}", retryable=True)
+        answer = result.stdout if stdout_is_answer else transcript.final
+        if answer is None:
+            raise AgentFailed(f"{argv[0]} finished without a final answer", retryable=True)
+        output: Any = extract_json(answer) if ctx.output_type is not None else answer.strip()
+        if ctx.output_type is None and spec.preset is None:
+            output = parse_output(answer)
+        return AgentResult(output, usage=transcript.usage)

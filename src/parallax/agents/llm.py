@@ -1,0 +1,180 @@
+"""`llm` agents, built on pydantic-ai.
+
+Model strings are pydantic-ai's (`anthropic:claude-sonnet-4-5`, `openai:gpt-5`, `openai-chat:...`,
+`google-gla:...`, `groq:...`, ...). Any OpenAI-compatible server (Ollama, vLLM, llama.cpp's
+server, a gateway) is reached by `base_url` with `openai-compatible:<model>` (or `ollama:`,
+`vllm:`); its key, when it needs one, comes from the environment variable named in
+`settings.api_key_env`. `scripted:<file>` and `test` are the in-package offline doubles.
+
+Typed output: the step's pydantic model. Invalid output goes back to the model with the
+validation error (`settings.output_retries`, default 2), then the attempt fails with
+InvalidOutput. The provider SDK's own retries are turned off (`max_retries=0`) so that every
+retry is the engine's, recorded on the run's stream and honouring Retry-After.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from pydantic import BaseModel
+
+from parallax.agents.base import Agent, AgentContext, AgentResult
+from parallax.core import events as ev
+from parallax.core.errors import AgentFailed, InvalidOutput, ProviderError
+from parallax.core.plan import AgentSpec
+
+
+def build_model(spec: AgentSpec, agent_name: str, env: dict[str, str]) -> Any:
+    """The pydantic-ai Model for a spec. Raises AgentFailed(retryable=False) when it cannot be
+    built (unknown model string, missing key), naming what to set."""
+    from pydantic_ai.exceptions import UserError as PaiUserError
+    from pydantic_ai.models import infer_model
+
+    assert spec.model is not None
+    model = spec.model
+    prefix, _, name = model.partition(":")
+    api_key = None
+    key_env = spec.settings.get("api_key_env")
+    if isinstance(key_env, str):
+        api_key = env.get(key_env)
+        if not api_key:
+            raise AgentFailed(f"agent {agent_name!r}: set {key_env} (named by settings.api_key_env)", retryable=False)
+    if prefix == "scripted":
+        from parallax.agents.testing import ScriptedModel
+
+        return ScriptedModel.from_file(name, agent_name)
+    if prefix in ("openai-compatible", "ollama", "vllm", "llama-cpp") or (spec.base_url and prefix == "openai"):
+        if not spec.base_url:
+            raise AgentFailed(f"agent {agent_name!r}: model {model!r} needs `base_url`", retryable=False)
+        from pydantic_ai.models.openai import OpenAIChatModel
+        from pydantic_ai.providers.openai import OpenAIProvider
+
+        provider = OpenAIProvider(base_url=spec.base_url, api_key=api_key or "not-needed")
+        return OpenAIChatModel(name, provider=provider)
+    try:
+        return infer_model(model)
+    except PaiUserError as e:
+        raise AgentFailed(f"agent {agent_name!r}: cannot use model {model!r}: {e}", retryable=False) from e
+
+
+def usage_of(result_usage: Any) -> dict[str, Any]:
+    cost = getattr(result_usage, "cost", None)
+    return {
+        "requests": int(getattr(result_usage, "requests", 0) or 0),
+        "input_tokens": int(getattr(result_usage, "input_tokens", 0) or 0),
+        "output_tokens": int(getattr(result_usage, "output_tokens", 0) or 0),
+        "cost_usd": float(cost) if cost is not None else 0.0,
+        "cost_known": cost is not None,
+    }
+
+
+def translate_error(e: BaseException, model: str) -> AgentFailed | None:
+    """pydantic-ai / SDK errors as Parallax errors; None for anything else."""
+    from pydantic_ai.exceptions import (
+        ModelAPIError,
+        ModelHTTPError,
+        UnexpectedModelBehavior,
+        UsageLimitExceeded,
+        UserError,
+    )
+
+    retry_after = getattr(e, "retry_after", None)
+    if isinstance(e, ModelHTTPError):
+        return ProviderError(f"{model}: HTTP {e.status_code}: {e.body}", status=e.status_code, retry_after=retry_after)
+    if isinstance(e, ModelAPIError):
+        status = getattr(e, "status_code", None)
+        if status is None and "rate" in type(e).__name__.lower():
+            status = 429
+        return ProviderError(f"{model}: {e}", status=status, retryable=True, retry_after=retry_after)
+    if isinstance(e, UnexpectedModelBehavior):
+        cause = f" (last error: {e.__cause__})" if e.__cause__ else ""
+        return InvalidOutput(f"{model}: {e.message}{cause}")
+    if isinstance(e, UsageLimitExceeded):
+        return AgentFailed(f"{model}: the run's budget stopped this call: {e}", retryable=False)
+    if isinstance(e, UserError):
+        return AgentFailed(f"{model}: {e}", retryable=False)
+    if isinstance(e, RuntimeError) and "ALLOW_MODEL_REQUESTS" in str(e):
+        return AgentFailed(f"{model}: model requests are disabled here ({e})", retryable=False)
+    return None
+
+
+class LlmAgent(Agent):
+    def __init__(self, spec: AgentSpec) -> None:
+        super().__init__(spec)
+        self._models: dict[str, Any] = {}  # per agent name: a scripted model keeps its place across retries
+
+    async def run(self, ctx: AgentContext) -> AgentResult:
+        from pydantic_ai import (
+            Agent as PaiAgent,
+        )
+        from pydantic_ai import (
+            AgentRunResultEvent,
+            FunctionToolCallEvent,
+            PartDeltaEvent,
+            PartStartEvent,
+            TextPartDelta,
+            ToolCallPartDelta,
+        )
+        from pydantic_ai.usage import RunUsage
+
+        spec = self.spec
+        model_name = spec.model or ""
+        model = self._models.get(ctx.agent)
+        if model is None:
+            model = self._models[ctx.agent] = build_model(spec, ctx.agent, ctx.env)
+        output_type: type[BaseModel] | type[str] = ctx.output_type or str
+        output_retries = spec.settings.get("output_retries", 2)
+        agent: PaiAgent[None, Any] = PaiAgent(
+            model,
+            output_type=output_type,
+            instructions=spec.instructions,
+            retries={"output": int(output_retries) if isinstance(output_retries, int) else 2},
+        )
+        settings: dict[str, Any] = {"max_retries": 0}
+        for key in ("temperature", "max_tokens", "top_p", "seed"):
+            if key in spec.settings:
+                settings[key] = spec.settings[key]
+        # The run's budget is checked by the engine between calls ("stops new calls when spent");
+        # a call in flight finishes, and what it used is recorded even when it fails.
+        usage = RunUsage()
+        prompt = ctx.prompt if ctx.prompt is not None else json.dumps(ctx.input, ensure_ascii=False, default=str)
+        ctx.log(ev.AGENT_INPUT, {"model": model_name, "prompt": prompt, "instructions": spec.instructions})
+        result: Any = None
+        try:
+            async with agent.run_stream_events(prompt, model_settings=cast(Any, settings), usage=usage) as stream:
+                async for event in stream:
+                    if isinstance(event, PartStartEvent):
+                        content = getattr(event.part, "content", None)
+                        if isinstance(content, str):
+                            ctx.emit(content)
+                        args = getattr(event.part, "args", None)
+                        if isinstance(args, str):
+                            ctx.emit(args)
+                    elif isinstance(event, PartDeltaEvent):
+                        if isinstance(event.delta, TextPartDelta):
+                            ctx.emit(event.delta.content_delta)
+                        elif isinstance(event.delta, ToolCallPartDelta) and isinstance(event.delta.args_delta, str):
+                            ctx.emit(event.delta.args_delta)
+                    elif isinstance(event, FunctionToolCallEvent):
+                        ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.part.tool_name, "args": event.part.args})
+                    elif isinstance(event, AgentRunResultEvent):
+                        result = event.result
+        except AgentFailed as e:
+            e.usage = usage_of(usage)
+            raise
+        except Exception as e:
+            translated = translate_error(e, model_name)
+            if translated is None:
+                raise
+            translated.usage = usage_of(usage)
+            raise translated from e
+        if result is None:
+            raise AgentFailed(f"{model_name}: the run ended without a result", retryable=True)
+        output = result.output
+        confidence = getattr(output, "confidence", None)
+        if isinstance(output, BaseModel):
+            output = output.model_dump(mode="json")
+        return AgentResult(
+            output, float(confidence) if isinstance(confidence, int | float) else None, usage_of(result.usage)
+        )

@@ -1,0 +1,195 @@
+"""Live lanes: one line per agent, following a run's streams until it finishes.
+
+Works from any process: it only reads `runs/<run>/control` and the agent streams, so a run
+started elsewhere (another terminal, the server, a worker) can be watched the same way. On a
+terminal it redraws in place (rich Live); otherwise it prints one line per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from parallax.core import events as ev
+from parallax.core.events import Event, decode_event
+from parallax.core.state import RunState
+from parallax.engine.control import agent_stream, control_stream
+from parallax.streams.base import StreamStore
+
+STATUS_STYLE = {
+    "pending": "dim",
+    "running": "yellow",
+    "waiting": "magenta",
+    "succeeded": "green",
+    "failed": "red",
+    "skipped": "dim red",
+}
+
+
+@dataclass
+class Lane:
+    step: str
+    last_text: str = ""
+    chunks: int = 0
+    started_monotonic: float | None = None
+    finished_monotonic: float | None = None
+    note: str = ""
+    follow: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class LaneView:
+    def __init__(self, store: StreamStore, run_id: str, console: Console) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.console = console
+        self.state = RunState()
+        self.lanes: dict[str, Lane] = {}
+        self.live = console.is_terminal
+
+    def _lane(self, step: str) -> Lane:
+        lane = self.lanes.get(step)
+        if lane is None:
+            lane = self.lanes[step] = Lane(step)
+        return lane
+
+    async def _follow_agent(self, lane: Lane) -> None:
+        async for record in self.store.tail(agent_stream(self.run_id, lane.step), missing_ok=True):
+            event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+            if event is None:
+                continue
+            if event.type == ev.AGENT_CHUNK:
+                lane.chunks += 1
+                text = (lane.last_text + str(event.data.get("text", ""))).replace("\n", " ")
+                lane.last_text = text[-160:]
+                if not self.live and lane.chunks % 20 == 1:
+                    self.console.print(f"[dim]{lane.step:>14}[/] … {escape(lane.last_text[-70:])}", highlight=False)
+            elif event.type == ev.AGENT_TOOL_CALL:
+                lane.note = f"tool {event.data.get('tool')}"
+
+    def _on_event(self, event: Event) -> None:
+        self.state.apply(event)
+        if event.step is None:
+            if event.type == ev.RUN_FINISHED and not self.live:
+                self.console.print(f"run {self.run_id} {event.data.get('status')}")
+            elif event.type == ev.CIRCUIT_CHANGED:
+                self.console.print(f"[magenta]circuit {event.data['provider']} {event.data['state']}[/]")
+            elif event.type == ev.BUDGET_EXHAUSTED:
+                self.console.print(f"[red]budget exhausted: {event.data.get('reason')}[/]")
+            return
+        lane = self._lane(event.step)
+        now = time.monotonic()
+        if event.type == ev.STEP_STARTED:
+            lane.started_monotonic = lane.started_monotonic or now
+            lane.finished_monotonic = None
+            if lane.follow is None and event.data.get("kind") != "merge":
+                lane.follow = asyncio.create_task(self._follow_agent(lane))
+        elif event.type in (ev.STEP_OUTPUT, ev.STEP_SKIPPED) or (
+            event.type == ev.STEP_FAILED and event.data.get("final", True)
+        ):
+            lane.finished_monotonic = now
+        elif event.type == ev.STEP_RETRY:
+            lane.note = f"retry in {event.data.get('delay_s', 0):.1f}s"
+        elif event.type == ev.CONFLICT_FOUND:
+            lane.note = f"{sum(1 for c in self.state.conflicts if c.step == event.step)} conflict(s)"
+        if not self.live:
+            self._print_line(event)
+
+    def _print_line(self, event: Event) -> None:
+        step = event.step or ""
+        if event.type == ev.STEP_STARTED:
+            text = f"started (attempt {event.data.get('attempt', 1)})"
+        elif event.type == ev.STEP_OUTPUT:
+            state = self.state.steps[step]
+            extra = f", confidence {state.confidence:.2f}" if state.confidence is not None else ""
+            text = f"[green]succeeded[/]{' (cached)' if state.cached else ''}{extra}"
+        elif event.type == ev.STEP_FAILED:
+            final = event.data.get("final", True)
+            text = f"[red]{'failed' if final else 'attempt failed'}[/]: {escape(str(event.data.get('error')))}"
+        elif event.type == ev.STEP_SKIPPED:
+            text = f"[dim]skipped: {escape(str(event.data.get('reason')))}[/]"
+        elif event.type == ev.STEP_RETRY:
+            text = f"retry in {event.data.get('delay_s', 0):.2f}s"
+        elif event.type == ev.CONFLICT_FOUND:
+            conflict = event.data["conflict"]
+            text = f"[yellow]conflict[/] {conflict['kind']} at {escape(str(conflict['path']))}"
+        elif event.type == ev.GATE_WAITING:
+            text = f"[magenta]waiting for approval[/]: parallax approve {self.run_id} {step}"
+        else:
+            return
+        self.console.print(f"{step:>14}  {text}", highlight=False)
+
+    def render(self) -> Group:
+        table = Table(expand=True, show_edge=False, pad_edge=False, box=None)
+        table.add_column("agent", no_wrap=True, style="bold")
+        table.add_column("status", no_wrap=True)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("tokens", justify="right", no_wrap=True)
+        table.add_column("conf", justify="right", no_wrap=True)
+        table.add_column("output", overflow="ellipsis", no_wrap=True, ratio=1)
+        now = time.monotonic()
+        order = [s.id for s in self.state.plan.steps] if self.state.plan else list(self.lanes)
+        for step_id in order:
+            step = self.state.steps.get(step_id)
+            if step is None:
+                continue
+            lane = self._lane(step_id)
+            elapsed = ""
+            if lane.started_monotonic is not None:
+                elapsed = f"{(lane.finished_monotonic or now) - lane.started_monotonic:.1f}s"
+            status = step.status + (f" #{step.attempts}" if step.attempts > 1 else "")
+            if step.cached:
+                status += " (cache)"
+            text = lane.note or lane.last_text[-120:]
+            if step.status == "failed":
+                text = step.error or ""
+            elif step.status == "skipped":
+                text = step.skipped_reason or ""
+            table.add_row(
+                step_id,
+                Text(status, style=STATUS_STYLE.get(step.status, "")),
+                elapsed,
+                str(step.usage.total_tokens or ""),
+                "" if step.confidence is None else f"{step.confidence:.2f}",
+                text,
+            )
+        title = Text(f"run {self.run_id}  {self.state.status}", style="bold")
+        usage = self.state.usage
+        footer = Text(
+            f"{len(self.state.conflicts)} conflict(s)  {usage.total_tokens} tokens  ${usage.cost_usd:.4f}",
+            style="dim",
+        )
+        return Group(title, table, footer)
+
+    async def follow(self) -> RunState:
+        """Follow the run until `run.finished`; return the folded state."""
+        live = Live(self.render(), console=self.console, refresh_per_second=8) if self.live else None
+        try:
+            if live is not None:
+                live.start()
+            async for record in self.store.tail(control_stream(self.run_id), missing_ok=True):
+                event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                if event is None:
+                    continue
+                self._on_event(event)
+                if live is not None:
+                    live.update(self.render())
+                if event.type == ev.RUN_FINISHED:
+                    break
+        finally:
+            for lane in self.lanes.values():
+                if lane.follow is not None:
+                    lane.follow.cancel()
+            await asyncio.gather(*(lane.follow for lane in self.lanes.values() if lane.follow), return_exceptions=True)
+            if live is not None:
+                with contextlib.suppress(Exception):
+                    live.update(self.render())
+                live.stop()
+        return self.state

@@ -1,0 +1,349 @@
+"""Run commands: run, runs, inspect, tail, resume, fork, compile, cancel, approve.
+
+parallax run examples/feature_spec.py:plan --input brief="..."   # live lanes, then a summary
+parallax runs                                                    # every run in the store
+parallax inspect RUN [--json]
+parallax tail RUN                                                # lanes for a run running anywhere
+parallax resume RUN
+parallax fork RUN --at SEQ [--target file.py:attr]
+parallax compile TARGET [--json]
+parallax cancel RUN
+parallax approve RUN STEP [--reject] [--note TEXT]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from parallax.cli.context import run_with_store
+from parallax.cli.lanes import LaneView
+from parallax.core.plan import Plan
+from parallax.core.state import RunState, describe
+from parallax.engine import api
+from parallax.engine.runner import Runner, RunOptions
+from parallax.patterns.load import load_target
+from parallax.streams.base import StreamStore
+
+
+def parse_inputs(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for path in files:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(f"{path}: {e}", param_hint="--input-file") from e
+        if not isinstance(data, dict):
+            raise click.BadParameter(f"{path}: expected a JSON object", param_hint="--input-file")
+        values.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--input")
+        values[key] = value
+    return values
+
+
+def print_summary(console: Console, state: RunState) -> None:
+    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(state.status, "magenta")
+    usage = state.usage
+    console.print(
+        f"[bold]run {state.run_id}[/] [{style}]{state.status}[/]  "
+        f"{sum(1 for s in state.steps.values() if s.status == 'succeeded')}/{len(state.steps)} steps  "
+        f"{len(state.conflicts)} conflict(s)  {usage.total_tokens} tokens  ${usage.cost_usd:.4f}",
+        highlight=False,
+    )
+    for conflict in state.conflicts:
+        console.print(f"  [yellow]•[/] {escape(conflict.describe())}", highlight=False)
+    for step in state.steps.values():
+        if step.status == "failed":
+            console.print(f"  [red]✗[/] {step.id}: {escape(step.error or '')}", highlight=False)
+
+
+async def execute(store: StreamStore, run_id: str, options: RunOptions, console: Console, quiet: bool) -> RunState:
+    """Run (or resume) with lanes following along."""
+    runner = asyncio.create_task(Runner(store, run_id, options).run())
+    if quiet:
+        return await runner
+    view = LaneView(store, run_id, console)
+    follower = asyncio.create_task(view.follow())
+    done, _ = await asyncio.wait({runner, follower}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done and runner.exception() is not None:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        raise runner.exception()  # type: ignore[misc]
+    state = await runner
+    try:
+        await asyncio.wait_for(follower, 5)
+    except TimeoutError:
+        follower.cancel()
+    return state
+
+
+def finish(console: Console, state: RunState, as_json: bool, output: str | None) -> None:
+    if output:
+        Path(output).write_text(json.dumps(state.result, indent=2, ensure_ascii=False) + "\n")
+    if as_json:
+        click.echo(json.dumps(describe(state), ensure_ascii=False, default=str))
+    else:
+        print_summary(console, state)
+        if output:
+            console.print(f"result written to {output}")
+    if state.status != "succeeded":
+        raise SystemExit(1)
+
+
+def _options(concurrency: int | None, no_cache: bool) -> RunOptions:
+    return RunOptions(concurrency=concurrency, use_cache=not no_cache, workdir=Path.cwd())
+
+
+@click.command()
+@click.argument("target")
+@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="A plan input (repeatable).")
+@click.option("--input-file", "input_files", multiple=True, metavar="FILE", help="Inputs from a JSON object.")
+@click.option("--run-id", help="Use this run id instead of a generated one.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Override the plan's concurrency cap.")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
+@click.option("--quiet", "-q", is_flag=True, help="No live lanes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
+@click.option("--output", "-o", metavar="FILE", help="Write the run's result to FILE as JSON.")
+@click.pass_context
+def run(
+    ctx: click.Context,
+    target: str,
+    inputs: tuple[str, ...],
+    input_files: tuple[str, ...],
+    run_id: str | None,
+    concurrency: int | None,
+    no_cache: bool,
+    quiet: bool,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Run TARGET (file.py:attr returning a Plan) and follow it live."""
+    plan = load_target(target, parse_inputs(inputs, input_files))
+    console = Console(stderr=as_json)
+
+    async def action(store: StreamStore) -> RunState:
+        new_id = await api.create_run(store, plan, run_id=run_id, source=target)
+        if not as_json:
+            console.print(
+                f"run [bold]{new_id}[/] ({plan.name}, {len(plan.steps)} steps, plan {plan.content_hash()[:12]})"
+            )
+        return await execute(store, new_id, _options(concurrency, no_cache), console, quiet or as_json)
+
+    finish(console, run_with_store(ctx, action), as_json, output)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--concurrency", type=click.IntRange(min=1))
+@click.option("--no-cache", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--output", "-o", metavar="FILE")
+@click.pass_context
+def resume(
+    ctx: click.Context,
+    run_id: str,
+    concurrency: int | None,
+    no_cache: bool,
+    quiet: bool,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Continue a run from its log: steps with recorded output are never run again."""
+    console = Console(stderr=as_json)
+
+    async def action(store: StreamStore) -> RunState:
+        state = await api.load_run(store, run_id)
+        if state.finished:
+            return state
+        done = sum(1 for s in state.steps.values() if s.status == "succeeded")
+        if not as_json:
+            console.print(f"resuming {run_id}: {done}/{len(state.steps)} steps already done")
+        return await execute(store, run_id, _options(concurrency, no_cache), console, quiet or as_json)
+
+    finish(console, run_with_store(ctx, action), as_json, output)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--at", "at_seq", type=click.IntRange(min=1), required=True, help="Keep control records below SEQ.")
+@click.option("--target", help="A plan (file.py:attr) to use from the fork on: a different model or prompt.")
+@click.option("--run-id", "new_id", help="The new run's id.")
+@click.option("--no-run", is_flag=True, help="Only create the fork; start it later with `parallax resume`.")
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fork(
+    ctx: click.Context,
+    run_id: str,
+    at_seq: int,
+    target: str | None,
+    new_id: str | None,
+    no_run: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Start a new run from the first SEQ control records of RUN_ID."""
+    plan: Plan | None = load_target(target) if target else None
+    console = Console(stderr=as_json)
+
+    async def action(store: StreamStore) -> RunState:
+        forked = await api.fork_run(store, run_id, at_seq, new_run_id=new_id, plan=plan)
+        if not as_json:
+            console.print(f"forked {run_id} at {at_seq} into [bold]{forked}[/]")
+        if no_run:
+            return await api.load_run(store, forked)
+        return await execute(store, forked, _options(None, False), console, quiet or as_json)
+
+    state = run_with_store(ctx, action)
+    if no_run:
+        click.echo(state.run_id)
+        return
+    finish(console, state, as_json, None)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.pass_context
+def runs(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """List runs, oldest first."""
+
+    async def action(store: StreamStore) -> list[api.RunSummary]:
+        return await api.list_runs(store, limit)
+
+    summaries = run_with_store(ctx, action)
+    for summary in summaries:
+        if as_json:
+            click.echo(json.dumps(summary.__dict__))
+        else:
+            click.echo(f"{summary.run_id}\t{summary.status}\t{summary.name}\t{summary.steps} steps")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inspect(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Steps, status, costs, confidence, conflicts and result of a run."""
+
+    async def action(store: StreamStore) -> RunState:
+        return await api.load_run(store, run_id)
+
+    state = run_with_store(ctx, action)
+    if as_json:
+        click.echo(json.dumps(describe(state), ensure_ascii=False, default=str))
+        return
+    console = Console()
+    view = describe(state)
+    console.print(f"[bold]{state.run_id}[/]  plan {view['plan']} ({state.plan_hash[:12]})  {state.status}")
+    if state.forked_from:
+        console.print(f"forked from {state.forked_from[0]} at {state.forked_from[1]}")
+    for step in view["steps"]:
+        usage = step["usage"]
+        conf = "" if step["confidence"] is None else f" conf {step['confidence']:.2f}"
+        cost = (
+            f" {usage['input_tokens'] + usage['output_tokens']} tok ${usage['cost_usd']:.4f}"
+            if usage["requests"]
+            else ""
+        )
+        took = f" {step['duration_ms'] / 1000:.2f}s" if step["duration_ms"] is not None else ""
+        detail = step["error"] or step["skipped_reason"] or ""
+        console.print(
+            f"  {step['id']:<16} {step['status']:<10} x{step['attempts']}{took}{cost}{conf}"
+            f"{' (cached)' if step['cached'] else ''} {escape(detail)}",
+            highlight=False,
+        )
+    print_summary(console, state)
+    if state.result is not None:
+        text = json.dumps(state.result, indent=2, ensure_ascii=False, default=str)
+        console.print(escape(text if len(text) < 4000 else text[:4000] + "\n…"), highlight=False)
+
+
+@click.command()
+@click.argument("run_id")
+@click.pass_context
+def tail(ctx: click.Context, run_id: str) -> None:
+    """Follow a run live (one lane per agent) until it finishes."""
+    console = Console()
+
+    async def action(store: StreamStore) -> RunState:
+        return await LaneView(store, run_id, console).follow()
+
+    state = run_with_store(ctx, action)
+    print_summary(console, state)
+
+
+@click.command()
+@click.argument("target")
+@click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True, help="The Plan IR exactly, as canonical JSON.")
+def compile(target: str, inputs: tuple[str, ...], as_json: bool) -> None:
+    """Print the Plan IR a target compiles to, and its content hash."""
+    plan = load_target(target, parse_inputs(inputs, ()))
+    if as_json:
+        click.echo(plan.canonical_json())
+        return
+    click.echo(f"plan {plan.name}  hash {plan.content_hash()}")
+    click.echo(f"concurrency {plan.concurrency}  budget {plan.budget.model_dump(exclude_none=True) or 'none'}")
+    if plan.inputs:
+        click.echo(f"inputs: {', '.join(sorted(plan.inputs))}")
+    for step_id in plan.topological_order():
+        step = plan.step(step_id)
+        after = f" after {', '.join(step.after)}" if step.after else ""
+        if step.agent is not None:
+            what = step.agent.model or step.agent.ref or step.agent.command or step.agent.preset or ""
+            detail = f"{step.agent.kind} {what}"
+        elif step.merge is not None:
+            detail = f"merge into {step.merge.target or 'a document'}, {len(step.merge.rules)} rule(s)"
+        else:
+            assert step.gate is not None
+            detail = f"gate {step.gate.kind}"
+        extra = f" -> {step.output}" if step.output else ""
+        timeout = f" timeout {step.timeout_s:g}s" if step.timeout_s else ""
+        click.echo(f"  {step.id:<16} {detail}{extra}{after}{timeout}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--reason", default="", help="Why (recorded on the run).")
+@click.pass_context
+def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
+    """Ask a running run to stop; its coordinator records it as cancelled."""
+
+    async def action(store: StreamStore) -> None:
+        await api.request_cancel(store, run_id, reason)
+
+    run_with_store(ctx, action)
+    click.echo(f"cancel requested for {run_id}")
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--reject", is_flag=True, help="Reject instead of approving.")
+@click.option("--note", default="", help="A note for the record (and for the agents after).")
+@click.option("--by", default=None, help="Who decides (default: $USER).")
+@click.pass_context
+def approve(ctx: click.Context, run_id: str, step: str, reject: bool, note: str, by: str | None) -> None:
+    """Approve (or --reject) a run's approval gate."""
+    who = by or os.environ.get("USER") or "someone"
+
+    async def action(store: StreamStore) -> None:
+        await api.decide_gate(store, run_id, step, approved=not reject, by=who, note=note)
+
+    run_with_store(ctx, action)
+    click.echo(f"{'rejected' if reject else 'approved'} {step} of {run_id}")
+
+
+COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve]

@@ -1,0 +1,300 @@
+"""The Plan IR: a typed, deterministic, content-hashed DAG of steps. The engine runs only this.
+
+Invariants:
+- A `Plan` is immutable and validated on construction: step ids are unique, every dependency
+  names an earlier-declared or later-declared step of the same plan, and there is no cycle.
+- `Plan.content_hash()` is a SHA-256 of the plan's canonical JSON (sorted keys, no whitespace),
+  so the same input always gives the same plan and the same hash, on any machine.
+- `Plan.model_dump_json()` / `Plan.model_validate_json()` round-trip exactly.
+
+Step kinds: `agent` (runs one agent), `merge` (combines its inputs' typed contributions and
+surfaces conflicts), `gate` (waits for a person, or checks a condition). New kinds (map,
+sub-plan) are added as further members of `StepKind` with their own spec field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+StepKind = Literal["agent", "merge", "gate"]
+AgentKind = Literal["llm", "python", "command", "cli"]
+
+_STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+# A field path into contributions: dotted names, `[*]` for every item of a list.
+FIELD_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*|\[\*\])*")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RetryPolicy(_Frozen):
+    """Attempts (the first included), exponential backoff from `backoff_s` doubling up to
+    `max_backoff_s`, each delay spread by +/- `jitter` (a fraction)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    max_backoff_s: Annotated[float, Field(ge=0)] = 30.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+class AgentSpec(_Frozen):
+    """What runs in an agent step. Which fields apply depends on `kind`:
+
+    - llm: `model` (a pydantic-ai model string such as `anthropic:claude-sonnet-4-5`,
+      `openai:gpt-5`, or `openai-compatible:<model>` with `base_url`), `instructions`.
+    - python: `ref`, an importable `module:attr` or `path/to/file.py:attr` async callable.
+    - command: `command`, a shell command (stdin: the input as JSON; stdout: the output).
+    - cli: `preset` (claude, codex, gemini, aider, opencode) or `command` as a template.
+    """
+
+    kind: AgentKind
+    model: str | None = None
+    base_url: str | None = None
+    instructions: str | None = None
+    ref: str | None = None
+    command: str | None = None
+    preset: str | None = None
+    env: tuple[str, ...] = ()  # names of parent environment variables granted to the agent
+    settings: dict[str, JsonValue] = Field(default_factory=dict)
+    cache: bool | None = None  # None: the kind's default (on for llm, cli, command; off for python)
+
+    @model_validator(mode="after")
+    def _check_kind_fields(self) -> AgentSpec:
+        required = {"llm": "model", "python": "ref", "command": "command"}
+        field = required.get(self.kind)
+        if field is not None and not getattr(self, field):
+            raise ValueError(f"a {self.kind} agent needs `{field}`")
+        if self.kind == "cli" and not (self.preset or self.command):
+            raise ValueError("a cli agent needs `preset` or `command`")
+        return self
+
+    @property
+    def provider(self) -> str:
+        """The circuit-breaker and rate-limit key: the model's provider, or the agent kind."""
+        if self.kind == "llm" and self.model:
+            return self.model.split(":", 1)[0] if ":" in self.model else "llm"
+        if self.kind == "cli":
+            return f"cli:{self.preset or 'template'}"
+        return self.kind
+
+    @property
+    def cached_by_default(self) -> bool:
+        return self.kind != "python"
+
+
+class RuleSpec(_Frozen):
+    """A declared cross-check between contributions, evaluated by the merge.
+
+    - every: each value at `each` must appear among the values at `in_`
+      (e.g. every backend endpoint has an authorization rule).
+    - disjoint: no value may appear both at `left` and at `right`
+      (e.g. nothing sensitive is stored client-side).
+    - python: `ref` names a callable (contributions dict -> list of Conflict).
+    Paths are dotted, `[*]` fans out over a list: `backend.endpoints[*].path`.
+    """
+
+    name: str
+    kind: Literal["every", "disjoint", "python"]
+    each: str | None = None
+    in_: str | None = Field(default=None, alias="in")
+    left: str | None = None
+    right: str | None = None
+    ref: str | None = None
+    message: str | None = None
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> RuleSpec:
+        needs = {"every": ("each", "in_"), "disjoint": ("left", "right"), "python": ("ref",)}[self.kind]
+        missing = [n.rstrip("_") for n in needs if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"rule {self.name!r} ({self.kind}) needs {', '.join(missing)}")
+        for name in ("each", "in_", "left", "right"):
+            path = getattr(self, name)
+            if path is not None and not FIELD_PATH.fullmatch(path):
+                raise ValueError(f"rule {self.name!r}: {name.rstrip('_')} {path!r} is not a field path (a.b[*].c)")
+        return self
+
+
+class MergeSpec(_Frozen):
+    """How a merge step assembles its inputs.
+
+    `target` (`module:Model`) is validated against the assembled document when set. Each
+    input's contribution goes under its section name (`sections[step]`, default the step id);
+    top-level fields of the target that are not sections are filled from same-named fields
+    of the contributions, and only when every contribution that fills them agrees.
+    """
+
+    target: str | None = None
+    sections: dict[str, str] = Field(default_factory=dict)
+    rules: tuple[RuleSpec, ...] = ()
+    ignore: tuple[str, ...] = ()  # field names or paths that may differ between contributions
+
+
+class GateSpec(_Frozen):
+    """`approval`: the run waits (durably) until a person approves or rejects this step.
+    `check`: passes only when its inputs have no conflicts and at least `min_confidence`."""
+
+    kind: Literal["approval", "check"]
+    prompt: str | None = None
+    timeout_s: float | None = None
+    on_timeout: Literal["reject", "approve"] = "reject"
+    min_confidence: float | None = None
+    allow_conflicts: bool = False
+
+
+class Step(_Frozen):
+    id: Annotated[str, Field(pattern=_STEP_ID)]
+    kind: StepKind
+    after: tuple[str, ...] = ()
+    agent: AgentSpec | None = None
+    prompt: str | None = None  # a template: {{input.brief}}, {{steps.backend.output}}
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+    output: str | None = None  # `module:Model` the contribution is validated against
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    retry: RetryPolicy = RetryPolicy()
+    verify: str | None = None  # a shell command; exit 0 sets confidence 1.0, else 0.0
+    reads: tuple[str, ...] = ()  # extra streams (names or prefixes ending in '/') granted for reading
+    merge: MergeSpec | None = None
+    gate: GateSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Step:
+        spec = {"agent": self.agent, "merge": self.merge, "gate": self.gate}
+        if spec[self.kind] is None:
+            raise ValueError(f"step {self.id!r} is a {self.kind} step and needs `{self.kind}`")
+        extra = [k for k, v in spec.items() if v is not None and k != self.kind]
+        if extra:
+            raise ValueError(f"step {self.id!r} is a {self.kind} step but also sets {', '.join(extra)}")
+        if self.kind == "merge" and not self.after:
+            raise ValueError(f"merge step {self.id!r} has nothing to merge: list its inputs in `after`")
+        return self
+
+    @property
+    def agent_name(self) -> str:
+        return self.id
+
+
+class Budget(_Frozen):
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+
+
+class Limits(_Frozen):
+    """Shared by every step of a run."""
+
+    requests_per_minute: Annotated[float, Field(gt=0)] | None = None
+    tokens_per_minute: Annotated[float, Field(gt=0)] | None = None
+    breaker_failures: Annotated[int, Field(ge=1)] = 5
+    breaker_cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class Plan(_Frozen):
+    name: Annotated[str, Field(min_length=1)]
+    steps: tuple[Step, ...]
+    inputs: dict[str, JsonValue] = Field(default_factory=dict)
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] = 64
+    budget: Budget = Budget()
+    limits: Limits = Limits()
+    cache_min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.8
+
+    @model_validator(mode="after")
+    def _check_graph(self) -> Plan:
+        if not self.steps:
+            raise ValueError("a plan needs at least one step")
+        ids = [s.id for s in self.steps]
+        seen: set[str] = set()
+        for step_id in ids:
+            if step_id in seen:
+                raise ValueError(f"step id {step_id!r} is used twice")
+            seen.add(step_id)
+        for step in self.steps:
+            for dep in step.after:
+                if dep not in seen:
+                    raise ValueError(f"step {step.id!r} depends on unknown step {dep!r}")
+                if dep == step.id:
+                    raise ValueError(f"step {step.id!r} depends on itself")
+        cycle = find_cycle({s.id: s.after for s in self.steps})
+        if cycle:
+            raise ValueError(f"the steps form a cycle: {' -> '.join(cycle)}")
+        return self
+
+    def step(self, step_id: str) -> Step:
+        for step in self.steps:
+            if step.id == step_id:
+                return step
+        raise KeyError(step_id)
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {s.id: [] for s in self.steps}
+        for step in self.steps:
+            for dep in step.after:
+                out[dep].append(step.id)
+        return out
+
+    def sinks(self) -> list[str]:
+        """Steps nothing depends on: their outputs are the run's result."""
+        return [step_id for step_id, deps in self.dependents().items() if not deps]
+
+    def topological_order(self) -> list[str]:
+        """Kahn's algorithm, ties broken by declaration order: deterministic."""
+        index = {s.id: i for i, s in enumerate(self.steps)}
+        remaining = {s.id: len(s.after) for s in self.steps}
+        dependents = self.dependents()
+        ready = [i for i, s in enumerate(self.steps) if not s.after]
+        heapq.heapify(ready)
+        out: list[str] = []
+        while ready:
+            current = self.steps[heapq.heappop(ready)].id
+            out.append(current)
+            for nxt in dependents[current]:
+                remaining[nxt] -= 1
+                if remaining[nxt] == 0:
+                    heapq.heappush(ready, index[nxt])
+        return out
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.model_dump(mode="json", by_alias=True))
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle in `node -> dependencies` as a path that returns to its start, or None.
+    Iterative depth-first search, so deep chains do not hit the recursion limit."""
+    done: set[str] = set()
+    for root in sorted(graph):
+        if root in done:
+            continue
+        path: list[str] = [root]
+        on_path = {root}
+        iterators = [iter(graph.get(root, ()))]
+        while iterators:
+            dep = next(iterators[-1], None)
+            if dep is None:
+                iterators.pop()
+                finished = path.pop()
+                on_path.discard(finished)
+                done.add(finished)
+                continue
+            if dep in on_path:
+                return [*path[path.index(dep) :], dep]
+            if dep in done or dep not in graph:
+                continue
+            path.append(dep)
+            on_path.add(dep)
+            iterators.append(iter(graph[dep]))
+    return None

@@ -1,0 +1,184 @@
+"""Starting, resuming, forking and steering runs: the operations the CLI and server share.
+
+A run *is* its streams: creating one appends `run.created` (the whole plan, its hash, where it
+came from) to `runs/<run>/control` with `match_seq_num=0`, so two processes cannot create the
+same run. Everything else is read back from that stream.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from parallax.core import events as ev
+from parallax.core.errors import RunNotFound, SeqNumMismatch, StreamNotFound, UserError
+from parallax.core.events import Event
+from parallax.core.plan import Plan
+from parallax.core.state import RunState, fold, remember_plan
+from parallax.engine.control import ControlLog, control_stream, read_events
+from parallax.engine.runner import Runner, RunOptions
+from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, StreamStore, TailOffset
+
+
+def new_run_id(name: str = "run") -> str:
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())[:24].strip("-") or "run"
+    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def _record(event: Event) -> AppendRecord:
+    headers, body = event.encode()
+    return AppendRecord(body=body, headers=headers)
+
+
+async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = None, source: str | None = None) -> str:
+    run_id = run_id or new_run_id(plan.name)
+    remember_plan(plan)
+    event = Event(
+        ev.RUN_CREATED,
+        {
+            "run_id": run_id,
+            "plan": plan.model_dump(mode="json", by_alias=True),
+            "plan_hash": plan.content_hash(),
+            "source": source,
+        },
+    )
+    try:
+        await store.append(control_stream(run_id), AppendInput([_record(event)], match_seq_num=0))
+    except SeqNumMismatch:
+        raise UserError(f"run {run_id!r} already exists") from None
+    return run_id
+
+
+async def run_plan(
+    store: StreamStore,
+    plan: Plan,
+    *,
+    run_id: str | None = None,
+    source: str | None = None,
+    options: RunOptions | None = None,
+) -> RunState:
+    """Create a run and execute it to the end."""
+    run_id = await create_run(store, plan, run_id=run_id, source=source)
+    return await Runner(store, run_id, options).run()
+
+
+async def load_run(store: StreamStore, run_id: str) -> RunState:
+    try:
+        events = await read_events(store, control_stream(run_id))
+    except StreamNotFound:
+        raise RunNotFound(run_id) from None
+    state = fold(events)
+    if state.plan is None:
+        raise RunNotFound(run_id)
+    return state
+
+
+async def resume_run(store: StreamStore, run_id: str, options: RunOptions | None = None) -> RunState:
+    """Fold the log and continue: finished steps are never run again."""
+    await load_run(store, run_id)
+    return await Runner(store, run_id, options).run()
+
+
+async def fork_run(
+    store: StreamStore,
+    run_id: str,
+    at_seq: int,
+    *,
+    new_run_id: str | None = None,
+    plan: Plan | None = None,
+) -> str:
+    """A new run whose control stream is the old one's prefix below `at_seq`, with the agent
+    streams cut where the old run stood at that point. `plan` replaces the plan from there on
+    (a different model or prompt for the steps not yet done)."""
+    await load_run(store, run_id)
+    if at_seq < 1:
+        raise UserError("a fork needs at least the run.created record: --at must be >= 1")
+    tail = (await store.check_tail(control_stream(run_id))).seq_num
+    if at_seq > tail:
+        raise UserError(f"run {run_id} has only {tail} control records; cannot fork at {at_seq}")
+    prefix = fold([e for e in await read_events(store, control_stream(run_id)) if e.seq_num < at_seq])
+    forked = new_run_id or f"{run_id.rsplit('-', 1)[0]}-fork-{secrets.token_hex(3)}"
+    await store.fork(control_stream(run_id), control_stream(forked), at_seq)
+    cut_ms = max((s.finished_at or s.started_at or 0) for s in prefix.steps.values()) if prefix.steps else 0
+    for info in await store.list(f"runs/{run_id}/agents/"):
+        agent = info.name.rsplit("/", 1)[-1]
+        if agent not in prefix.steps or prefix.steps[agent].status == "pending":
+            continue
+        records = await store.read_all(info.name)
+        keep = sum(1 for r in records if r.timestamp <= cut_ms)
+        await store.fork(info.name, f"runs/{forked}/agents/{agent}", keep)
+    data: dict[str, object] = {"run_id": forked, "from_run": run_id, "at_seq": at_seq}
+    if plan is not None:
+        data["plan"] = plan.model_dump(mode="json", by_alias=True)
+        data["plan_hash"] = plan.content_hash()
+    await store.append(control_stream(forked), AppendInput([_record(Event(ev.RUN_FORKED, data))]))
+    return forked
+
+
+async def request_cancel(store: StreamStore, run_id: str, reason: str = "") -> None:
+    state = await load_run(store, run_id)
+    if state.finished:
+        raise UserError(f"run {run_id} already finished ({state.status})")
+    event = Event(ev.RUN_CANCEL_REQUESTED, {"reason": reason})
+    await store.append(control_stream(run_id), AppendInput([_record(event)]))
+
+
+async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: bool, by: str, note: str = "") -> None:
+    """Approve or reject a waiting approval gate: read, check, append at the tail we read."""
+    log = ControlLog(store, run_id)
+    while True:
+        state = await log.load()
+        if state.plan is None:
+            raise RunNotFound(run_id)
+        try:
+            spec = state.plan.step(step)
+        except KeyError:
+            raise UserError(f"run {run_id} has no step {step!r}") from None
+        if spec.kind != "gate" or spec.gate is None or spec.gate.kind != "approval":
+            raise UserError(f"step {step!r} of run {run_id} is not an approval gate")
+        if step in state.gate_decisions:
+            decided = state.gate_decisions[step]
+            verdict = "approved" if decided.approved else "rejected"
+            raise UserError(f"gate {step!r} was already {verdict} by {decided.by}")
+        event = Event(ev.GATE_DECIDED, {"approved": approved, "by": by, "note": note}, step=step)
+        try:
+            await store.append(control_stream(run_id), AppendInput([_record(event)], match_seq_num=log.tail))
+            return
+        except SeqNumMismatch:
+            continue  # something happened meanwhile: read again and decide again
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    name: str
+    status: str
+    created_at: int
+    steps: int
+
+
+async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
+    out: list[RunSummary] = []
+    start_after = ""
+    while len(out) < limit:
+        infos = await store.list("runs/", start_after=start_after, limit=1000)
+        if not infos:
+            break
+        start_after = infos[-1].name
+        for info in infos:
+            if not info.name.endswith("/control") or info.name.count("/") != 2:
+                continue
+            run_id = info.name.split("/")[1]
+            first = await store.read(info.name, limit=ReadLimit(count=1))
+            last = await store.read(info.name, TailOffset(1))
+            events = [
+                e
+                for r in (*first.records, *last.records)
+                if (e := ev.decode_event(r.headers, r.body, r.seq_num, r.timestamp)) is not None
+            ]
+            state = fold(events)
+            name = state.plan.name if state.plan else "?"
+            status = state.status if state.finished else ("running" if state.plan else "?")
+            out.append(RunSummary(run_id, name, status, info.created_at, len(state.steps)))
+    return sorted(out, key=lambda r: r.created_at)[-limit:]

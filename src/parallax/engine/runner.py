@@ -1,0 +1,592 @@
+"""The engine: runs a Plan IR as an async DAG, recording everything on the run's streams.
+
+Guarantees:
+- A step starts as soon as all its inputs are done (no superstep barrier); at most
+  `plan.concurrency` agent attempts run at once.
+- Before an agent runs, its `step.started` is durable; its output is recorded once, as
+  `step.output`. A step whose output is in the log is never run again, by this process or by
+  any later `resume`.
+- State is the fold of the control stream (see `ControlLog`); the runner decides from it and
+  appends, and never keeps state the log does not have.
+- A failed step fails its agent dependents (`step.skipped`); merge steps still run and record
+  the failed inputs as gaps. The run succeeds when every sink step (nothing depends on it)
+  succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from parallax.agents import build_agent
+from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
+from parallax.agents.process import agent_environment, run_process
+from parallax.agents.refs import resolve_ref
+from parallax.core import events as ev
+from parallax.core.conflicts import Conflict
+from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, PlanError
+from parallax.core.events import Event
+from parallax.core.grants import Grants
+from parallax.core.merge import PythonRule, merge_contributions
+from parallax.core.plan import Plan, Step
+from parallax.core.state import RunState, StepState
+from parallax.core.template import render
+from parallax.engine.control import ControlLog, agent_stream
+from parallax.engine.dataplane import (
+    CircuitBreaker,
+    CircuitState,
+    RateLimits,
+    ResultCache,
+    backoff_delay,
+    cache_key,
+    check_budget,
+)
+from parallax.streams.base import StreamStore
+
+
+@dataclass
+class RunOptions:
+    concurrency: int | None = None  # overrides the plan's cap
+    use_cache: bool = True
+    workdir: Path | None = None
+    parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
+    coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
+
+
+_models: dict[str, type[BaseModel]] = {}
+
+
+def resolve_model(ref: str) -> type[BaseModel]:
+    model = _models.get(ref)
+    if model is None:
+        obj = resolve_ref(ref)
+        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+            raise PlanError(f"{ref!r} is not a pydantic model class")
+        model = _models[ref] = obj
+    return model
+
+
+class Runner:
+    """Coordinates one run. Use `await Runner(store, run_id).run()` for a run whose control
+    stream already holds `run.created` (see `parallax.engine.api`)."""
+
+    def __init__(self, store: StreamStore, run_id: str, options: RunOptions | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.options = options or RunOptions()
+        self.log = ControlLog(store, run_id)
+        self._agents: dict[str, Agent] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._remaining: dict[str, int] = {}
+        self._cancelled = asyncio.Event()
+        self._all_done = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._budget_recorded = False
+
+    @property
+    def state(self) -> RunState:
+        return self.log.state
+
+    @property
+    def plan(self) -> Plan:
+        assert self.state.plan is not None
+        return self.state.plan
+
+    async def run(self) -> RunState:
+        state = await self.log.load()
+        if state.plan is None:
+            raise PlanError(f"run {self.run_id} has no run.created event on its control stream")
+        if state.finished:
+            return state
+        await self.log.take_over(self.options.coordinator)
+        await self.log.emit(Event(ev.RUN_RESUMED, {"coordinator": self.options.coordinator}))
+        plan = self.plan
+        self._semaphore = asyncio.Semaphore(self.options.concurrency or plan.concurrency)
+        self._limits = RateLimits(plan.limits)
+        self._cache = ResultCache(self.store, plan.cache_min_confidence) if self.options.use_cache else None
+        self._dependents = plan.dependents()
+        self._steps = {s.id: s for s in plan.steps}
+        self._envs: dict[tuple[str, ...], dict[str, str]] = {}
+        self._remaining = {s.id: sum(1 for d in s.after if not self.state.steps[d].done) for s in plan.steps}
+        watcher = asyncio.create_task(self._watch_control())
+        try:
+            for step_id in plan.topological_order():
+                if not self.state.steps[step_id].done and self._remaining[step_id] == 0:
+                    self._start(step_id)
+            if not self._tasks:
+                self._all_done.set()
+            await self._all_done.wait()
+            if self._fatal is not None:
+                raise self._fatal
+            await self._finish()
+        finally:
+            watcher.cancel()
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(watcher, *self._tasks.values(), return_exceptions=True)
+            await self.log.close()
+        return self.state
+
+    # Scheduling
+
+    def _start(self, step_id: str) -> None:
+        if step_id in self._tasks:
+            return
+        self._tasks[step_id] = asyncio.create_task(self._run_step(step_id), name=f"step:{step_id}")
+
+    async def _run_step(self, step_id: str) -> None:
+        step = self._steps[step_id]
+        try:
+            if self._cancelled.is_set():
+                return
+            if step.kind == "agent":
+                await self._agent_step(step)
+            elif step.kind == "merge":
+                await self._merge_step(step)
+            else:
+                await self._gate_step(step)
+        except asyncio.CancelledError:
+            return
+        except Fenced as e:
+            self._abort(e)
+            return
+        except Exception as e:  # a bug or a store failure: record it against the step, then stop
+            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+            try:
+                await self.log.emit(
+                    Event(ev.STEP_FAILED, {"error": f"internal error: {detail}", "final": True}, step=step_id)
+                )
+            except Exception as inner:
+                self._abort(inner)
+                return
+        self._step_finished(step_id)
+
+    def _step_finished(self, step_id: str) -> None:
+        self._tasks.pop(step_id, None)
+        for nxt in self._dependents.get(step_id, ()):
+            self._remaining[nxt] -= 1
+            if self._remaining[nxt] == 0 and not self.state.steps[nxt].done:
+                self._start(nxt)
+        if not self._tasks:
+            self._all_done.set()
+
+    def _abort(self, error: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._all_done.set()
+
+    async def _watch_control(self) -> None:
+        """Fold what other processes append (cancel requests, gate decisions)."""
+        while True:
+            await self.store.wait_for_tail(self.log.stream, self.log.tail)
+            await self.log.sync()
+            if self.state.cancel_requested and not self._cancelled.is_set():
+                self._cancelled.set()
+                for task in list(self._tasks.values()):
+                    task.cancel()
+                self._all_done.set()
+
+    async def _finish(self) -> None:
+        state = self.state
+        sinks = self.plan.sinks()
+        if self._cancelled.is_set() or state.cancel_requested:
+            status = "cancelled"
+        elif state.budget_exhausted:
+            status = "budget_exhausted"
+        elif all(state.steps[s].status == "succeeded" for s in sinks):
+            status = "succeeded"
+        else:
+            status = "failed"
+        outputs = {s: state.steps[s].output for s in sinks if state.steps[s].status == "succeeded"}
+        result = outputs[sinks[0]] if len(sinks) == 1 and sinks[0] in outputs else outputs
+        await self.log.emit(
+            Event(
+                ev.RUN_FINISHED,
+                {
+                    "status": status,
+                    "result": result,
+                    "usage": state.usage.as_dict(),
+                    "conflicts": len(state.conflicts),
+                },
+            )
+        )
+
+    # Inputs, grants, agents
+
+    def _context(self, step: Step) -> dict[str, Any]:
+        steps: dict[str, Any] = {}
+        for dep in step.after:
+            dep_state = self.state.steps[dep]
+            steps[dep] = {"output": dep_state.output, "confidence": dep_state.confidence, "status": dep_state.status}
+        return {"input": {**self.plan.inputs, **step.input}, "steps": steps, "run": {"id": self.run_id}}
+
+    def _grants(self, step: Step) -> Grants:
+        own = agent_stream(self.run_id, step.id)
+        reads = [agent_stream(self.run_id, dep) for dep in step.after]
+        reads += [entry.replace("{run}", self.run_id) for entry in step.reads]
+        return Grants(agent=step.id, write=(own,), read=tuple(reads))
+
+    def _agent_for(self, step: Step) -> Agent:
+        assert step.agent is not None
+        agent = self._agents.get(step.id)
+        if agent is None:
+            agent = self._agents[step.id] = build_agent(step.agent)
+        return agent
+
+    def _environment(self, granted: tuple[str, ...]) -> dict[str, str]:
+        env = self._envs.get(granted)
+        if env is None:
+            env = self._envs[granted] = agent_environment(granted, self.options.parent_env)
+        return env
+
+    def _breaker(self, provider: str) -> CircuitBreaker:
+        breaker = self._breakers.get(provider)
+        if breaker is None:
+            limits = self.plan.limits
+
+            async def record(name: str, circuit: CircuitState) -> None:
+                await self.log.emit(Event(ev.CIRCUIT_CHANGED, {"provider": name, "state": circuit}))
+
+            breaker = self._breakers[provider] = CircuitBreaker(
+                provider, limits.breaker_failures, limits.breaker_cooldown_s, record
+            )
+        return breaker
+
+    async def _budget_allows(self, step: Step) -> BudgetView | None:
+        check = check_budget(self.plan.budget, self.state.usage)
+        if not check.exhausted:
+            return BudgetView(check.tokens_left, check.cost_left_usd)
+        events = []
+        if not self.state.budget_exhausted:
+            events.append(Event(ev.BUDGET_EXHAUSTED, {"reason": check.reason}))
+        events.append(Event(ev.STEP_SKIPPED, {"reason": f"budget exhausted ({check.reason})"}, step=step.id))
+        await self.log.emit(*events)
+        return None
+
+    # Agent steps
+
+    async def _agent_step(self, step: Step) -> None:
+        assert step.agent is not None
+        state = self.state.steps[step.id]
+        failed_inputs = [d for d in step.after if self.state.steps[d].status != "succeeded"]
+        if failed_inputs:
+            reason = f"input {', '.join(failed_inputs)} did not succeed"
+            await self.log.emit(Event(ev.STEP_SKIPPED, {"reason": reason}, step=step.id))
+            return
+        context = self._context(step)
+        prompt = render(step.prompt, context) if step.prompt else None
+        agent_input = {"input": context["input"], "upstream": {k: v["output"] for k, v in context["steps"].items()}}
+        if step.output:
+            resolve_model(step.output)  # a bad reference fails the step before anything runs
+        agent = self._agent_for(step)
+        use_cache = self._cache is not None and (
+            step.agent.cache if step.agent.cache is not None else step.agent.cached_by_default
+        )
+        key = cache_key(step.agent, step.output, prompt, agent_input) if use_cache else ""
+        if self._cache is not None and use_cache:
+            hit = await self._cache.get(key)
+            if hit is not None:
+                await self.log.emit(
+                    Event(
+                        ev.STEP_OUTPUT,
+                        {"output": hit["output"], "confidence": hit["confidence"], "cached": True, "attempt": 0},
+                        step=step.id,
+                        agent=step.id,
+                    )
+                )
+                return
+        breaker = self._breaker(step.agent.provider)
+        attempt = state.attempts
+        while True:
+            attempt += 1
+            delay = 0.0
+            budget = await self._budget_allows(step)
+            if budget is None:
+                return
+            while True:  # a slot, with the breaker still letting this call through once we hold it
+                is_trial = await breaker.before_call()
+                await self._semaphore.acquire()
+                if breaker.admits(is_trial):
+                    break
+                self._semaphore.release()
+            try:
+                if not self._limits.unlimited:
+                    await self._limits.acquire()
+                await self.log.emit(
+                    Event(ev.STEP_STARTED, {"attempt": attempt, "kind": step.agent.kind}, step=step.id, agent=step.id)
+                )
+                log = AgentLog(self.store, agent_stream(self.run_id, step.id), step.id, step.id)
+                try:
+                    result = await self._attempt(step, agent, log, attempt, context, prompt, agent_input, budget)
+                except AgentFailed as e:
+                    await self._flush_quietly(log)
+                    if isinstance(e, InvalidOutput):
+                        await breaker.release()
+                    else:
+                        await breaker.record_failure()
+                    final = not e.retryable or attempt >= step.retry.max_attempts
+                    events = [
+                        Event(
+                            ev.STEP_FAILED,
+                            {
+                                "attempt": attempt,
+                                "error": str(e),
+                                "error_type": type(e).__name__,
+                                "final": final,
+                                "usage": e.usage or {},
+                            },
+                            step=step.id,
+                            agent=step.id,
+                        )
+                    ]
+                    if not final:
+                        delay = max(backoff_delay(step.retry, attempt), e.retry_after or 0.0)
+                        events.append(Event(ev.STEP_RETRY, {"attempt": attempt + 1, "delay_s": delay}, step=step.id))
+                    await self.log.emit(*events)
+                    if final:
+                        return
+                except asyncio.CancelledError:
+                    await breaker.release()
+                    raise
+                else:
+                    await breaker.record_success()
+                    self._limits.spent(result.usage)
+                    await log.flush()
+                    await self.log.emit(
+                        Event(
+                            ev.STEP_OUTPUT,
+                            {
+                                "output": result.output,
+                                "confidence": result.confidence,
+                                "usage": result.usage,
+                                "attempt": attempt,
+                            },
+                            step=step.id,
+                            agent=step.id,
+                        )
+                    )
+                    if self._cache is not None and use_cache:
+                        await self._cache.put(key, result.output, result.confidence, result.usage)
+                    return
+            finally:
+                self._semaphore.release()
+            await asyncio.sleep(delay)
+
+    async def _flush_quietly(self, log: AgentLog) -> None:
+        with contextlib.suppress(Exception):
+            await log.flush()
+
+    async def _attempt(
+        self,
+        step: Step,
+        agent: Agent,
+        log: AgentLog,
+        attempt: int,
+        context: dict[str, Any],
+        prompt: str | None,
+        agent_input: dict[str, Any],
+        budget: BudgetView,
+    ) -> AgentResult:
+        assert step.agent is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + step.timeout_s if step.timeout_s else None
+        output_type = resolve_model(step.output) if step.output else None
+        ctx = AgentContext(
+            run_id=self.run_id,
+            step_id=step.id,
+            agent=step.id,
+            attempt=attempt,
+            input=agent_input,
+            prompt=prompt,
+            output_type=output_type,
+            grants=self._grants(step),
+            store=self.store,
+            log=log,
+            budget=budget,
+            deadline=deadline,
+            cancelled=self._cancelled,
+            env=self._environment(step.agent.env),
+            workdir=self.options.workdir,
+        )
+        try:
+            if step.timeout_s is None:
+                result = await agent.run(ctx)
+            else:
+                async with asyncio.timeout(step.timeout_s):
+                    result = await agent.run(ctx)
+        except TimeoutError:
+            raise AgentTimeout(f"step {step.id} ran past its timeout of {step.timeout_s:g}s") from None
+        except AgentFailed:
+            raise
+        except Exception as e:
+            # The agent itself raised: a bug in it, or a failure it did not classify.
+            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+            raise AgentFailed(f"agent {step.id} raised {detail}", retryable=False) from e
+        if output_type is not None:
+            model = result.model
+            if type(model) is not output_type:  # the agent handed back its own model: no second validation
+                try:
+                    model = output_type.model_validate(result.output)
+                except ValidationError as e:
+                    raise InvalidOutput(f"step {step.id}: output does not fit {step.output}: {e}") from e
+                result = AgentResult(model.model_dump(mode="json"), result.confidence, result.usage, model)
+            if result.confidence is None and "confidence" in output_type.model_fields:
+                own = getattr(model, "confidence", None)
+                if isinstance(own, int | float):
+                    result = AgentResult(result.output, float(own), result.usage, model)
+        if step.verify:
+            result = await self._verify(step, ctx, result)
+        return result
+
+    async def _verify(self, step: Step, ctx: AgentContext, result: AgentResult) -> AgentResult:
+        """Run the step's verify command (stdin: the output as JSON): exit 0 sets confidence 1.0,
+        anything else 0.0. Its output goes to the agent's stream."""
+        assert step.verify is not None
+        import json
+
+        outcome = await run_process(
+            ["/bin/sh", "-c", step.verify],
+            stdin=json.dumps(result.output, default=str).encode(),
+            env=ctx.env,
+            cwd=ctx.workdir,
+            timeout_s=ctx.time_left() or 600.0,
+            on_stdout_line=lambda line: ctx.log(ev.AGENT_LOG, {"verify": line}),
+            on_stderr_line=lambda line: ctx.log(ev.AGENT_LOG, {"verify_stderr": line}),
+        )
+        confidence = 1.0 if outcome.returncode == 0 else 0.0
+        ctx.log(ev.AGENT_LOG, {"verify_exit": outcome.returncode, "confidence": confidence})
+        return AgentResult(result.output, confidence, result.usage)
+
+    # Merge steps
+
+    async def _merge_step(self, step: Step) -> None:
+        assert step.merge is not None
+        spec = step.merge
+        contributions: dict[str, Mapping[str, Any]] = {}
+        gaps: dict[str, str] = {}
+        for dep in step.after:
+            dep_state = self.state.steps[dep]
+            if dep_state.status == "succeeded":
+                output = dep_state.output
+                contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
+            else:
+                gaps[dep] = describe_gap(dep_state)
+        target = resolve_model(spec.target) if spec.target else None
+        rules: dict[str, PythonRule] = {}
+        for rule in spec.rules:
+            if rule.kind == "python" and rule.ref:
+                rules[rule.name] = resolve_ref(rule.ref)
+        outcome = merge_contributions(
+            contributions,
+            gaps,
+            spec,
+            target_fields=list(target.model_fields) if target else (),
+            python_rules=rules,
+            step=step.id,
+        )
+        conflicts = list(outcome.conflicts)
+        document: Any = outcome.document
+        if target is not None:
+            try:
+                document = target.model_validate(outcome.document).model_dump(mode="json")
+            except ValidationError as e:
+                conflicts.append(
+                    Conflict(
+                        kind="schema",
+                        path=spec.target or "",
+                        message=f"the merged document does not fit {spec.target}: {e.error_count()} error(s): "
+                        + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5]),
+                        step=step.id,
+                    )
+                )
+        events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
+        events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
+        events.append(
+            Event(
+                ev.STEP_OUTPUT,
+                {
+                    "output": {"document": document, "conflicts": [c.model_dump(mode="json") for c in conflicts]},
+                    "attempt": 1,
+                },
+                step=step.id,
+            )
+        )
+        await self.log.emit(*events)  # one atomic append: a merge is recorded whole or not at all
+
+    # Gate steps
+
+    async def _gate_step(self, step: Step) -> None:
+        assert step.gate is not None
+        gate = step.gate
+        if gate.kind == "check":
+            await self._check_gate(step)
+            return
+        if self.state.steps[step.id].status != "waiting":
+            await self.log.emit(Event(ev.GATE_WAITING, {"prompt": gate.prompt or step.id}, step=step.id))
+        # The timeout counts from when the gate started waiting (on the log), across resumes.
+        waiting_since = (self.state.steps[step.id].started_at or time.time_ns() // 1_000_000) / 1000
+        deadline = None if gate.timeout_s is None else waiting_since + gate.timeout_s
+        while step.id not in self.state.gate_decisions:
+            self.log.foreign.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.log.foreign.wait()
+            except TimeoutError:
+                approved = gate.on_timeout == "approve"
+                await self.log.emit(
+                    Event(
+                        ev.GATE_DECIDED,
+                        {"approved": approved, "by": "timeout", "note": f"no decision in {gate.timeout_s:g}s"},
+                        step=step.id,
+                    )
+                )
+        decision = self.state.gate_decisions[step.id]
+        if decision.approved:
+            output = {"approved": True, "by": decision.by, "note": decision.note}
+            await self.log.emit(Event(ev.STEP_OUTPUT, {"output": output, "attempt": 1}, step=step.id))
+        else:
+            error = f"rejected by {decision.by}" + (f": {decision.note}" if decision.note else "")
+            await self.log.emit(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
+
+    async def _check_gate(self, step: Step) -> None:
+        assert step.gate is not None
+        gate = step.gate
+        problems: list[str] = []
+        for dep in step.after:
+            dep_state = self.state.steps[dep]
+            if dep_state.status != "succeeded":
+                problems.append(f"{dep} {dep_state.status}")
+                continue
+            if gate.min_confidence is not None and (dep_state.confidence or 0.0) < gate.min_confidence:
+                problems.append(f"{dep} confidence {dep_state.confidence} < {gate.min_confidence}")
+        if not gate.allow_conflicts:
+            found = [c for c in self.state.conflicts if c.step in step.after]
+            if found:
+                problems.append(f"{len(found)} unresolved conflict(s)")
+        if problems:
+            await self.log.emit(
+                Event(ev.STEP_FAILED, {"error": "check failed: " + "; ".join(problems), "final": True}, step=step.id)
+            )
+        else:
+            await self.log.emit(Event(ev.STEP_OUTPUT, {"output": {"passed": True}, "attempt": 1}, step=step.id))
+
+
+def describe_gap(state: StepState) -> str:
+    if state.status == "skipped":
+        return f"was skipped ({state.skipped_reason})"
+    if state.error and "timeout" in state.error:
+        return f"timed out ({state.error})"
+    if state.status == "failed":
+        return f"failed ({state.error})"
+    return f"is {state.status}"

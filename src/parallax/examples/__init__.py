@@ -1,0 +1,1 @@
+"""Examples that ship with Parallax, so `parallax demo` runs anywhere it is installed."""

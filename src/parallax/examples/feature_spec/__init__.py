@@ -1,0 +1,1 @@
+"""Five views of one feature, merged into one spec with every disagreement surfaced."""

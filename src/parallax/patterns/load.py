@@ -1,0 +1,57 @@
+"""Loading a run target: the thing `parallax run` and `parallax compile` are pointed at.
+
+    path/to/file.py:attr    attr is a Plan, or a callable returning one
+    path/to/file.py         the file's `plan` attribute
+    package.module:attr     the same, by import path
+
+A callable is called with the `--input` values its signature accepts (by keyword).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from parallax.agents.refs import resolve_ref
+from parallax.core.errors import PlanError
+from parallax.core.plan import Plan
+
+
+def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
+    inputs = dict(inputs or {})
+    ref = target
+    if ":" not in target.rsplit("/", 1)[-1]:
+        if not target.endswith(".py"):
+            raise PlanError(f"target {target!r}: expected file.py, file.py:attr or module:attr")
+        ref = f"{target}:plan"
+    elif target.endswith((".yaml", ".yml")):
+        raise PlanError(f"target {target!r}: YAML patterns are not supported by this version")
+    if ref.split(":", 1)[0].endswith(".py") and not Path(ref.rsplit(":", 1)[0]).is_file():
+        raise PlanError(f"target {target!r}: no such file {ref.rsplit(':', 1)[0]!r}")
+    obj = resolve_ref(ref)
+    if isinstance(obj, Plan):
+        plan = obj
+        if inputs:
+            plan = plan.model_copy(update={"inputs": {**plan.inputs, **inputs}})
+            plan = Plan.model_validate(plan.model_dump(mode="json", by_alias=True))
+        return plan
+    if callable(obj):
+        params = inspect.signature(obj).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in inputs if k not in params and not takes_all]
+        if unknown:
+            raise PlanError(
+                f"target {target!r} takes no input named {', '.join(unknown)}; it takes {', '.join(params)}"
+            )
+        try:
+            result = obj(**inputs)
+        except (ValueError, ValidationError) as e:
+            raise PlanError(f"target {target!r} could not build its plan: {e}") from e
+        if not isinstance(result, Plan):
+            raise PlanError(f"target {target!r} returned {type(result).__name__}, not a Plan")
+        return result
+    raise PlanError(f"target {target!r} is a {type(obj).__name__}, not a Plan or a function returning one")
