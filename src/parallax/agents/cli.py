@@ -158,7 +158,7 @@ _AIDER_AUTH = re.compile(r"AuthenticationError|not able to authenticate you", re
 
 def parse_text(line: str, out: Transcript, ctx: AgentContext) -> None:
     out.chunks.append(line + "\n")
-    if _AIDER_AUTH.search(line):
+    if _AIDER_AUTH.search(line) and out.error is None:
         out.error = line.strip()
 
 

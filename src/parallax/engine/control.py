@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from parallax.core.errors import Fenced, FencingTokenMismatch, SeqNumMismatch
 from parallax.core.events import Event, decode_event
@@ -32,8 +32,9 @@ def agent_stream(run_id: str, agent: str) -> str:
 
 
 class ControlLog:
-    def __init__(self, store: StreamStore, run_id: str) -> None:
+    def __init__(self, store: StreamStore, run_id: str, on_event: Callable[[Event], None] | None = None) -> None:
         self.store = store
+        self.on_event = on_event  # called with each event once its append is acknowledged
         self.run_id = run_id
         self.stream = control_stream(run_id)
         self.state = RunState()
@@ -144,7 +145,10 @@ class ControlLog:
                     continue
                 timestamp = ack.end.timestamp
                 for offset, (event, future, _) in enumerate(batch):
-                    self.state.apply(_positioned(event, ack.start.seq_num + offset, timestamp))
+                    positioned = _positioned(event, ack.start.seq_num + offset, timestamp)
+                    self.state.apply(positioned)
+                    if self.on_event is not None:
+                        self.on_event(positioned)
                     if not future.done():
                         future.set_result(None)
                 self.tail = ack.end.seq_num

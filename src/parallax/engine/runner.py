@@ -20,7 +20,7 @@ import contextlib
 import secrets
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class RunOptions:
     use_cache: bool = True
     workdir: Path | None = None
     parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
+    on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
     coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
 
 
@@ -83,7 +84,7 @@ class Runner:
         self.store = store
         self.run_id = run_id
         self.options = options or RunOptions()
-        self.log = ControlLog(store, run_id)
+        self.log = ControlLog(store, run_id, self.options.on_event)
         self._agents: dict[str, Agent] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
