@@ -91,7 +91,12 @@ class FakeOpenAI:
                 {
                     "role": "assistant",
                     "tool_calls": [
-                        {"index": 0, "id": "call_1", "type": "function", "function": {"name": entry["tool"]["name"], "arguments": ""}}
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": entry["tool"]["name"], "arguments": ""},
+                        }
                     ],
                 }
             )

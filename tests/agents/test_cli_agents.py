@@ -55,7 +55,16 @@ async def run_cli(store: SqliteStore, env: dict[str, str], preset: str, output: 
     )
     plan = Plan(
         name="cli",
-        steps=(Step(id="code", kind="agent", agent=agent, prompt="Fix the bug", output=output, retry=RetryPolicy(max_attempts=1)),),
+        steps=(
+            Step(
+                id="code",
+                kind="agent",
+                agent=agent,
+                prompt="Fix the bug",
+                output=output,
+                retry=RetryPolicy(max_attempts=1),
+            ),
+        ),
     )
     return await api.run_plan(store, plan, options=RunOptions(parent_env={**os.environ, **env}))
 
@@ -67,9 +76,19 @@ async def test_claude_stream_json(store: SqliteStore, tmp_path: Path) -> None:
         [
             {"type": "system", "subtype": "init", "session_id": "s1", "model": "sonnet"},
             {"type": "assistant", "message": {"content": [{"type": "text", "text": "Looking at the bug."}]}},
-            {"type": "assistant", "message": {"content": [{"type": "tool_use", "name": "Edit", "input": {"file": "a.py"}}]}},
-            {"type": "result", "subtype": "success", "is_error": False, "result": "Fixed it.", "total_cost_usd": 0.0123,
-             "num_turns": 2, "usage": {"input_tokens": 1000, "output_tokens": 200}},
+            {
+                "type": "assistant",
+                "message": {"content": [{"type": "tool_use", "name": "Edit", "input": {"file": "a.py"}}]},
+            },
+            {
+                "type": "result",
+                "subtype": "success",
+                "is_error": False,
+                "result": "Fixed it.",
+                "total_cost_usd": 0.0123,
+                "num_turns": 2,
+                "usage": {"input_tokens": 1000, "output_tokens": 200},
+            },
         ],
     )
     state = await run_cli(store, env, "claude", model="sonnet")

@@ -92,7 +92,11 @@ async def test_output_that_never_validates_fails_clearly(store: SqliteStore) -> 
 
 async def test_429_honours_retry_after(store: SqliteStore) -> None:
     script = [
-        {"status": 429, "headers": {"Retry-After": "1"}, "body": {"error": {"message": "slow down", "code": "rate_limit_exceeded"}}},
+        {
+            "status": 429,
+            "headers": {"Retry-After": "1"},
+            "body": {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
+        },
         {"tool": {"name": "final_result", "arguments": {"answer": "42", "confidence": 0.7}}},
     ]
     with FakeOpenAI(script) as server:

@@ -19,7 +19,7 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 def test_feature_spec_demo_runs_offline_and_writes_the_spec(tmp_path: Path) -> None:
-    env = {k: "" for k in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GOOGLE_API_KEY", "PARALLAX_MODEL")}
+    env = dict.fromkeys(("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GOOGLE_API_KEY", "PARALLAX_MODEL"), "")
     result = run("demo", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr + result.stdout
     first_line = result.stdout.splitlines()[0]

@@ -7,7 +7,7 @@ import asyncio
 import sys
 
 from parallax.core.events import Event
-from parallax.engine.runner import RunOptions, Runner
+from parallax.engine.runner import Runner, RunOptions
 from parallax.streams.sqlite import SqliteStore
 
 

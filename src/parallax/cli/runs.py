@@ -195,7 +195,7 @@ def fork(
 ) -> None:
     """Start a new run from the first SEQ control records of RUN_ID."""
     plan: Plan | None = load_target(target) if target else None
-    console = Console(stderr=as_json)
+    console = Console(stderr=as_json or no_run)  # with --no-run, stdout is just the new run id
 
     async def action(store: StreamStore) -> RunState:
         forked = await api.fork_run(store, run_id, at_seq, new_run_id=new_id, plan=plan)

@@ -265,7 +265,12 @@ def _cancel(state: RunState, event: Event) -> None:
 
 def _finished(state: RunState, event: Event) -> None:
     state.status = event.data["status"]
-    state.result = event.data.get("result")
+    if "result_steps" in event.data:
+        outputs = {s: state.steps[s].output for s in event.data["result_steps"] if s in state.steps}
+        single = event.data.get("single_result") and len(outputs) == 1
+        state.result = next(iter(outputs.values())) if single else outputs
+    else:
+        state.result = event.data.get("result")
     state.finished_at = event.timestamp
 
 

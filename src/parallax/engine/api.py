@@ -38,7 +38,8 @@ async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = Non
         ev.RUN_CREATED,
         {
             "run_id": run_id,
-            "plan": plan.model_dump(mode="json", by_alias=True),
+            # Defaults are left out (validation puts them back), which keeps large plans small.
+            "plan": plan.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "plan_hash": plan.content_hash(),
             "source": source,
         },
@@ -110,7 +111,7 @@ async def fork_run(
         await store.fork(info.name, f"runs/{forked}/agents/{agent}", keep)
     data: dict[str, object] = {"run_id": forked, "from_run": run_id, "at_seq": at_seq}
     if plan is not None:
-        data["plan"] = plan.model_dump(mode="json", by_alias=True)
+        data["plan"] = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         data["plan_hash"] = plan.content_hash()
     await store.append(control_stream(forked), AppendInput([_record(Event(ev.RUN_FORKED, data))]))
     return forked

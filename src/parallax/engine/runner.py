@@ -76,6 +76,9 @@ def resolve_model(ref: str) -> type[BaseModel]:
     return model
 
 
+_UNLIMITED = BudgetView()
+
+
 class Runner:
     """Coordinates one run. Use `await Runner(store, run_id).run()` for a run whose control
     stream already holds `run.created` (see `parallax.engine.api`)."""
@@ -85,7 +88,7 @@ class Runner:
         self.run_id = run_id
         self.options = options or RunOptions()
         self.log = ControlLog(store, run_id, self.options.on_event)
-        self._agents: dict[str, Agent] = {}
+        self._agents: dict[tuple[object, ...], Agent] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._remaining: dict[str, int] = {}
@@ -116,6 +119,7 @@ class Runner:
         self._limits = RateLimits(plan.limits)
         self._cache = ResultCache(self.store, plan.cache_min_confidence) if self.options.use_cache else None
         self._dependents = plan.dependents()
+        self._no_budget = plan.budget.max_tokens is None and plan.budget.max_cost_usd is None
         self._steps = {s.id: s for s in plan.steps}
         self._envs: dict[tuple[str, ...], dict[str, str]] = {}
         self._remaining = {s.id: sum(1 for d in s.after if not self.state.steps[d].done) for s in plan.steps}
@@ -208,14 +212,15 @@ class Runner:
             status = "succeeded"
         else:
             status = "failed"
-        outputs = {s: state.steps[s].output for s in sinks if state.steps[s].status == "succeeded"}
-        result = outputs[sinks[0]] if len(sinks) == 1 and sinks[0] in outputs else outputs
+        # The result is the sinks' outputs, already on the log: name them rather than copy them.
+        done = [s for s in sinks if state.steps[s].status == "succeeded"]
         await self.log.emit(
             Event(
                 ev.RUN_FINISHED,
                 {
                     "status": status,
-                    "result": result,
+                    "result_steps": done,
+                    "single_result": len(sinks) == 1,
                     "usage": state.usage.as_dict(),
                     "conflicts": len(state.conflicts),
                 },
@@ -238,10 +243,15 @@ class Runner:
         return Grants(agent=step.id, write=(own,), read=tuple(reads))
 
     def _agent_for(self, step: Step) -> Agent:
-        assert step.agent is not None
-        agent = self._agents.get(step.id)
+        spec = step.agent
+        assert spec is not None
+        # Steps with the same spec share one agent object (and its resolved callable or model).
+        key = (spec.kind, spec.model, spec.base_url, spec.ref, spec.command, spec.preset, spec.instructions, spec.env)
+        agent = self._agents.get(key) if not spec.settings else None
         if agent is None:
-            agent = self._agents[step.id] = build_agent(step.agent)
+            agent = build_agent(spec)
+            if not spec.settings:
+                self._agents[key] = agent
         return agent
 
     def _environment(self, granted: tuple[str, ...]) -> dict[str, str]:
@@ -264,6 +274,8 @@ class Runner:
         return breaker
 
     async def _budget_allows(self, step: Step) -> BudgetView | None:
+        if self.plan.budget.max_tokens is None and self.plan.budget.max_cost_usd is None:
+            return _UNLIMITED
         check = check_budget(self.plan.budget, self.state.usage)
         if not check.exhausted:
             return BudgetView(check.tokens_left, check.cost_left_usd)
@@ -311,11 +323,11 @@ class Runner:
         while True:
             attempt += 1
             delay = 0.0
-            budget = await self._budget_allows(step)
+            budget = _UNLIMITED if self._no_budget else await self._budget_allows(step)
             if budget is None:
                 return
             while True:  # a slot, with the breaker still letting this call through once we hold it
-                is_trial = await breaker.before_call()
+                is_trial = False if breaker.state == "closed" else await breaker.before_call()
                 await self._semaphore.acquire()
                 if breaker.admits(is_trial):
                     break
@@ -360,8 +372,10 @@ class Runner:
                     await breaker.release()
                     raise
                 else:
-                    await breaker.record_success()
-                    self._limits.spent(result.usage)
+                    if breaker.state != "closed" or breaker.consecutive_failures:
+                        await breaker.record_success()
+                    if not self._limits.unlimited:
+                        self._limits.spent(result.usage)
                     await log.flush()
                     await self.log.emit(
                         Event(

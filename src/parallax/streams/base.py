@@ -46,6 +46,8 @@ COMMAND_TRIM = b"trim"
 
 def metered_size(headers: Sequence[Header], body: bytes) -> int:
     """S2's metered bytes: 8 + 2 per header + header names and values + body."""
+    if not headers:
+        return 8 + len(body)
     size = 8 + len(body) + 2 * len(headers)
     for name, value in headers:
         size += len(name) + len(value)

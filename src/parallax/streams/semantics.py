@@ -65,11 +65,13 @@ def validate_append(input: AppendInput) -> int:
     for index, record in enumerate(input.records):
         headers = record.headers
         body = record.body
-        if not isinstance(body, bytes):
+        if type(body) is not bytes and not isinstance(body, bytes):
             raise InvalidAppend(f"record {index}: body must be bytes, got {type(body).__name__}")
         size = 8 + len(body) + 2 * len(headers)
         for name, value in headers:
-            if not isinstance(name, bytes) or not isinstance(value, bytes):
+            if (type(name) is not bytes or type(value) is not bytes) and not (
+                isinstance(name, bytes) and isinstance(value, bytes)
+            ):
                 raise InvalidAppend(f"record {index}: header names and values must be bytes")
             size += len(name) + len(value)
             if not name:

@@ -61,20 +61,20 @@ _T = TypeVar("_T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 MAX_GROUP = 512  # appends per group commit; bounds the latency of the first one
 POLL_INTERVAL_S = 0.002
+CHECKPOINT_EVERY_COMMITS = 200  # or every CHECKPOINT_INTERVAL_S, whichever comes first
+CHECKPOINT_INTERVAL_S = 1.0
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_pack_lengths = struct.Struct(">II").pack
+
+
 def encode_headers(headers: Iterable[Header]) -> bytes:
     """Length-prefixed name/value pairs; the empty tuple encodes as b''."""
-    parts: list[bytes] = []
-    for name, value in headers:
-        parts.append(struct.pack(">II", len(name), len(value)))
-        parts.append(name)
-        parts.append(value)
-    return b"".join(parts)
+    return b"".join([_pack_lengths(len(name), len(value)) + name + value for name, value in headers])
 
 
 def decode_headers(blob: bytes) -> tuple[Header, ...]:
@@ -374,17 +374,27 @@ class SqliteStore(StreamStore):
             migrate(setup)
         finally:
             setup.close()
+        self._closed = False
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name=f"parallax-sqlite-writer:{self.path.name}")
         self._writer.daemon = True
+        self._since_checkpoint = 0
+        self._checkpoint_wanted = threading.Event()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name=f"parallax-sqlite-checkpointer:{self.path.name}", daemon=True
+        )
         self._writer.start()
+        self._checkpointer.start()
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="parallax-sqlite-reader")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._watches: dict[asyncio.AbstractEventLoop, _TailWatch] = {}
-        self._closed = False
         self.commits = 0  # write transactions committed; appends / commits is the group size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def connect(self, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -394,10 +404,27 @@ class SqliteStore(StreamStore):
             conn.execute("PRAGMA query_only=1")
         return conn
 
+    def _checkpoint_loop(self) -> None:
+        conn = self.connect()
+        try:
+            while not self.closed:
+                self._checkpoint_wanted.wait(CHECKPOINT_INTERVAL_S)
+                self._checkpoint_wanted.clear()
+                if self.closed:
+                    return
+                with contextlib.suppress(sqlite3.OperationalError):  # busy: the next round catches up
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
     # The writer thread.
 
     def _write_loop(self) -> None:
         conn = self.connect()
+        # Checkpointing moves WAL pages into the database file. Done on the commit path (SQLite's
+        # default) it stalls whichever append crosses the threshold; a separate thread does it
+        # instead, without blocking appends (PASSIVE never waits for writers).
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             while True:
                 first = self._queue.get()
@@ -435,6 +462,10 @@ class SqliteStore(StreamStore):
             txn.flush_states()
             conn.execute("COMMIT")
             self.commits += 1
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= CHECKPOINT_EVERY_COMMITS:
+                self._since_checkpoint = 0
+                self._checkpoint_wanted.set()
         except BaseException as e:  # an I/O error or a bug: nothing of this group is acknowledged
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -571,7 +602,9 @@ class SqliteStore(StreamStore):
             return
         self._closed = True
         self._queue.put(_STOP)
+        self._checkpoint_wanted.set()
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
