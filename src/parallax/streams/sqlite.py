@@ -380,6 +380,7 @@ class SqliteStore(StreamStore):
         self._writer.daemon = True
         self._since_checkpoint = 0
         self._checkpoint_wanted = threading.Event()
+        self._stopping = threading.Event()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name=f"parallax-sqlite-checkpointer:{self.path.name}", daemon=True
         )
@@ -392,10 +393,6 @@ class SqliteStore(StreamStore):
         self._watches: dict[asyncio.AbstractEventLoop, _TailWatch] = {}
         self.commits = 0  # write transactions committed; appends / commits is the group size
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def connect(self, *, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
@@ -407,10 +404,10 @@ class SqliteStore(StreamStore):
     def _checkpoint_loop(self) -> None:
         conn = self.connect()
         try:
-            while not self.closed:
+            while not self._stopping.is_set():
                 self._checkpoint_wanted.wait(CHECKPOINT_INTERVAL_S)
                 self._checkpoint_wanted.clear()
-                if self.closed:
+                if self._stopping.is_set():
                     return
                 with contextlib.suppress(sqlite3.OperationalError):  # busy: the next round catches up
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -602,6 +599,7 @@ class SqliteStore(StreamStore):
             return
         self._closed = True
         self._queue.put(_STOP)
+        self._stopping.set()
         self._checkpoint_wanted.set()
         await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
         await asyncio.get_running_loop().run_in_executor(None, self._checkpointer.join)
@@ -615,6 +613,8 @@ class SqliteStore(StreamStore):
         if not getattr(self, "_closed", True):
             self._closed = True
             self._queue.put(_STOP)
+            self._stopping.set()
+            self._checkpoint_wanted.set()
 
 
 def _tail_of(conn: sqlite3.Connection, stream: str) -> int | None:
