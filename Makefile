@@ -36,6 +36,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/streams.py --quick
+	$(BIN)/python bench/fanout.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
