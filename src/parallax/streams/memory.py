@@ -7,7 +7,6 @@ appends made through the same store object.
 from __future__ import annotations
 
 import asyncio
-import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
@@ -28,16 +27,13 @@ from parallax.streams.base import (
 )
 from parallax.streams.semantics import (
     apply_append,
+    now_ms,
     resolve_limit,
     resolve_seq_start,
     take_within_bytes,
     validate_append,
     validate_stream_name,
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

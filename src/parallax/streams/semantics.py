@@ -9,6 +9,7 @@ No I/O happens here: backends load the state, call these, and persist the result
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass
 
 from parallax.core.errors import (
@@ -37,6 +38,11 @@ from parallax.streams.base import (
     StreamState,
     TailOffset,
 )
+
+
+def now_ms() -> int:
+    """Arrival time as S2 stamps it: milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
 
 
 def validate_stream_name(name: str) -> None:

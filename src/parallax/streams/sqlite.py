@@ -25,7 +25,6 @@ import queue
 import sqlite3
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from parallax.streams.base import (
 )
 from parallax.streams.semantics import (
     apply_append,
+    now_ms,
     resolve_limit,
     resolve_seq_start,
     take_within_bytes,
@@ -63,10 +63,6 @@ MAX_GROUP = 512  # appends per group commit; bounds the latency of the first one
 POLL_INTERVAL_S = 0.002
 CHECKPOINT_EVERY_COMMITS = 200  # or every CHECKPOINT_INTERVAL_S, whichever comes first
 CHECKPOINT_INTERVAL_S = 1.0
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 _pack_lengths = struct.Struct(">II").pack
