@@ -76,7 +76,7 @@ def test_compile_is_deterministic(env: Path) -> None:
         (["run", "target.py:build", "--input", "color=red"], "takes no input named color"),
         (["run", "target.py:build", "--input", "novalue"], "expected KEY=VALUE"),
         (["inspect", "no-such-run"], "run not found: 'no-such-run'"),
-        (["compile", "nothing-here"], "expected file.py, file.py:attr or module:attr"),
+        (["compile", "nothing-here"], "expected pattern.yaml, file.py"),
     ],
 )
 def test_bad_targets_are_one_clear_line(env: Path, args: list[str], message: str) -> None:

@@ -346,4 +346,12 @@ def approve(ctx: click.Context, run_id: str, step: str, reject: bool, note: str,
     click.echo(f"{'rejected' if reject else 'approved'} {step} of {run_id}")
 
 
-COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve]
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of YAML patterns (point your editor at it)."""
+    from parallax.patterns.schema import PATTERN_SCHEMA
+
+    click.echo(json.dumps(PATTERN_SCHEMA, indent=2))
+
+
+COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve, schema]

@@ -158,7 +158,7 @@ class Step(_Frozen):
     agent: AgentSpec | None = None
     prompt: str | None = None  # a template: {{input.brief}}, {{steps.backend.output}}
     input: dict[str, JsonValue] = Field(default_factory=dict)
-    output: str | None = None  # `module:Model` the contribution is validated against
+    output: str | None = None  # `module:Model`, or `types:Name` from the plan's types table
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     retry: RetryPolicy = RetryPolicy()
     verify: str | None = None  # a shell command; exit 0 sets confidence 1.0, else 0.0
@@ -205,6 +205,7 @@ class Plan(_Frozen):
     budget: Budget = Budget()
     limits: Limits = Limits()
     cache_min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.8
+    types: dict[str, dict[str, str]] = Field(default_factory=dict)  # inline output types (core/types.py)
 
     @model_validator(mode="after")
     def _check_graph(self) -> Plan:

@@ -40,6 +40,7 @@ from parallax.core.merge import PythonRule, merge_contributions
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState, StepState
 from parallax.core.template import render
+from parallax.core.types import inline_model
 from parallax.engine.control import ControlLog, agent_stream
 from parallax.engine.dataplane import (
     CircuitBreaker,
@@ -66,7 +67,12 @@ class RunOptions:
 _models: dict[str, type[BaseModel]] = {}
 
 
-def resolve_model(ref: str) -> type[BaseModel]:
+def resolve_model(ref: str, plan: Plan | None = None, plan_hash: str = "") -> type[BaseModel]:
+    """A `module:Class` reference, or `types:Name` from the plan's inline types."""
+    if ref.startswith("types:"):
+        if plan is None:
+            raise PlanError(f"{ref!r} names an inline type but no plan was given")
+        return inline_model(plan_hash or plan.content_hash(), ref.removeprefix("types:"), plan.types)
     model = _models.get(ref)
     if model is None:
         obj = resolve_ref(ref)
@@ -300,7 +306,9 @@ class Runner:
         prompt = render(step.prompt, context) if step.prompt else None
         agent_input = {"input": context["input"], "upstream": {k: v["output"] for k, v in context["steps"].items()}}
         if step.output:
-            resolve_model(step.output)  # a bad reference fails the step before anything runs
+            resolve_model(
+                step.output, self.plan, self.state.plan_hash
+            )  # a bad reference fails the step before anything runs
         agent = self._agent_for(step)
         use_cache = self._cache is not None and (
             step.agent.cache if step.agent.cache is not None else step.agent.cached_by_default
@@ -415,7 +423,7 @@ class Runner:
         assert step.agent is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + step.timeout_s if step.timeout_s else None
-        output_type = resolve_model(step.output) if step.output else None
+        output_type = resolve_model(step.output, self.plan, self.state.plan_hash) if step.output else None
         ctx = AgentContext(
             run_id=self.run_id,
             step_id=step.id,
@@ -496,7 +504,7 @@ class Runner:
                 contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
             else:
                 gaps[dep] = describe_gap(dep_state)
-        target = resolve_model(spec.target) if spec.target else None
+        target = resolve_model(spec.target, self.plan, self.state.plan_hash) if spec.target else None
         rules: dict[str, PythonRule] = {}
         for rule in spec.rules:
             if rule.kind == "python" and rule.ref:

@@ -1,5 +1,6 @@
 """Loading a run target: the thing `parallax run` and `parallax compile` are pointed at.
 
+    path/to/pattern.yaml    a YAML pattern (see patterns/yaml_loader.py and `parallax schema`)
     path/to/file.py:attr    attr is a Plan, or a callable returning one
     path/to/file.py         the file's `plan` attribute
     package.module:attr     the same, by import path
@@ -23,13 +24,15 @@ from parallax.core.plan import Plan
 
 def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
     inputs = dict(inputs or {})
+    if target.endswith((".yaml", ".yml")):
+        from parallax.patterns.yaml_loader import load_pattern
+
+        return load_pattern(target, inputs)
     ref = target
     if ":" not in target.rsplit("/", 1)[-1]:
         if not target.endswith(".py"):
-            raise PlanError(f"target {target!r}: expected file.py, file.py:attr or module:attr")
+            raise PlanError(f"target {target!r}: expected pattern.yaml, file.py, file.py:attr or module:attr")
         ref = f"{target}:plan"
-    elif target.endswith((".yaml", ".yml")):
-        raise PlanError(f"target {target!r}: YAML patterns are not supported by this version")
     if ref.split(":", 1)[0].endswith(".py") and not Path(ref.rsplit(":", 1)[0]).is_file():
         raise PlanError(f"target {target!r}: no such file {ref.rsplit(':', 1)[0]!r}")
     obj = resolve_ref(ref)

@@ -1,0 +1,78 @@
+"""YAML patterns: compiled deterministically, run offline, and every malformed one refused with
+one clear, located error (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from jsonschema import Draft202012Validator
+
+from parallax.cli import cli
+from parallax.core.errors import PlanError
+from parallax.patterns.load import load_target
+from parallax.patterns.schema import PATTERN_SCHEMA
+from parallax.patterns.yaml_loader import compile_pattern
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+MALFORMED = sorted((HERE / "malformed").glob("*.yaml"))
+
+
+def test_the_schema_is_valid_json_schema() -> None:
+    Draft202012Validator.check_schema(PATTERN_SCHEMA)
+    result = CliRunner().invoke(cli, ["schema"])
+    assert json.loads(result.output)["title"] == "Parallax pattern"
+
+
+def test_same_yaml_same_plan_and_hash() -> None:
+    path = ROOT / "examples" / "fanout.yaml"
+    one, two = load_target(str(path)), load_target(str(path))
+    assert one.content_hash() == two.content_hash()
+    assert [s.id for s in one.steps] == ["performance", "correctness", "operations", "merge"]
+    assert one.step("performance").output == "types:Review"
+
+
+def test_inline_types_validate_contributions(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--store", f"sqlite://{tmp_path / 'y.db'}", "run", str(ROOT / "examples" / "fanout.yaml"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert state["status"] == "succeeded"
+    assert sorted(c["path"] for c in state["conflicts"]) == ["ttl_seconds", "verdict"]
+
+
+def test_pipeline_orders_agents_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (
+        "pattern: pipeline\nname: p\nmodel: test\nagents:\n  draft: {prompt: '${TOPIC}'}\n  edit: {}\n  publish: {}\n"
+    )
+    plan = compile_pattern(text, "p.yaml", environ={"TOPIC": "caching"})
+    assert [s.after for s in plan.steps] == [(), ("draft",), ("edit",)]
+    assert plan.step("draft").prompt == "caching"
+
+
+@pytest.mark.parametrize("path", MALFORMED, ids=[p.stem for p in MALFORMED])
+def test_malformed_patterns_give_one_located_error(path: Path) -> None:
+    expect = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    with pytest.raises(PlanError) as info:
+        load_target(str(path))
+    message = str(info.value)
+    assert expect in message, message
+    assert re.match(rf"^{re.escape(str(path))}:\d+:\d+: ", message), f"no file:line:col in {message!r}"
+    result = CliRunner().invoke(cli, ["compile", str(path)])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+def test_errors_point_at_the_right_line() -> None:
+    text = "pattern: fanout\nname: x\nmodel: test\nagents:\n  a:\n    prompt: hi\n    output: Nope\n"
+    with pytest.raises(PlanError, match=r"^p.yaml:7:\d+: agents.a.output: unknown type 'Nope'"):
+        compile_pattern(text, "p.yaml")
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(MALFORMED) >= 25
