@@ -15,7 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pydantic import BaseModel
+
 from parallax.core.errors import PlanError
+from parallax.core.plan import Plan
+from parallax.core.types import inline_model
 
 _FILE_MODULE_PREFIX = "parallax_user_"
 _file_of_module: dict[str, Path] = {}
@@ -99,3 +103,21 @@ def ref_of(obj: Any) -> str:
             return f"{Path(file).resolve()}:{qualname}"
         raise PlanError(f"{qualname} is defined in an interactive session and cannot be referenced by name")
     return f"{module_name}:{qualname}"
+
+
+_models: dict[str, type[BaseModel]] = {}
+
+
+def resolve_model(ref: str, plan: Plan | None = None, plan_hash: str = "") -> type[BaseModel]:
+    """A `module:Class` reference, or `types:Name` from the plan's inline types."""
+    if ref.startswith("types:"):
+        if plan is None:
+            raise PlanError(f"{ref!r} names an inline type but no plan was given")
+        return inline_model(plan_hash or plan.content_hash(), ref.removeprefix("types:"), plan.types)
+    model = _models.get(ref)
+    if model is None:
+        obj = resolve_ref(ref)
+        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+            raise PlanError(f"{ref!r} is not a pydantic model class")
+        model = _models[ref] = obj
+    return model

@@ -335,3 +335,13 @@ def describe(state: RunState) -> dict[str, Any]:
         "budget_exhausted": state.budget_exhausted,
         "result": state.result,
     }
+
+
+def describe_gap(state: StepState) -> str:
+    if state.status == "skipped":
+        return f"was skipped ({state.skipped_reason})"
+    if state.error and "timeout" in state.error:
+        return f"timed out ({state.error})"
+    if state.status == "failed":
+        return f"failed ({state.error})"
+    return f"is {state.status}"

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from parallax.agents import build_agent
 from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
 from parallax.agents.process import agent_environment, run_process
-from parallax.agents.refs import resolve_ref
+from parallax.agents.refs import resolve_model, resolve_ref
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
 from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, PlanError
@@ -38,9 +38,8 @@ from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.merge import PythonRule, merge_contributions
 from parallax.core.plan import Plan, Step
-from parallax.core.state import RunState, StepState
+from parallax.core.state import RunState, describe_gap
 from parallax.core.template import render
-from parallax.core.types import inline_model
 from parallax.engine.control import ControlLog, agent_stream
 from parallax.engine.dataplane import (
     CircuitBreaker,
@@ -62,24 +61,6 @@ class RunOptions:
     parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
     on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
     coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
-
-
-_models: dict[str, type[BaseModel]] = {}
-
-
-def resolve_model(ref: str, plan: Plan | None = None, plan_hash: str = "") -> type[BaseModel]:
-    """A `module:Class` reference, or `types:Name` from the plan's inline types."""
-    if ref.startswith("types:"):
-        if plan is None:
-            raise PlanError(f"{ref!r} names an inline type but no plan was given")
-        return inline_model(plan_hash or plan.content_hash(), ref.removeprefix("types:"), plan.types)
-    model = _models.get(ref)
-    if model is None:
-        obj = resolve_ref(ref)
-        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
-            raise PlanError(f"{ref!r} is not a pydantic model class")
-        model = _models[ref] = obj
-    return model
 
 
 _UNLIMITED = BudgetView()
@@ -603,13 +584,3 @@ class Runner:
             )
         else:
             await self.log.emit(Event(ev.STEP_OUTPUT, {"output": {"passed": True}, "attempt": 1}, step=step.id))
-
-
-def describe_gap(state: StepState) -> str:
-    if state.status == "skipped":
-        return f"was skipped ({state.skipped_reason})"
-    if state.error and "timeout" in state.error:
-        return f"timed out ({state.error})"
-    if state.status == "failed":
-        return f"failed ({state.error})"
-    return f"is {state.status}"

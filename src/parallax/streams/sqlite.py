@@ -23,9 +23,8 @@ import contextlib
 import os
 import queue
 import sqlite3
-import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ from parallax.core.errors import ParallaxError, ReadUnwritten, StreamExists, Str
 from parallax.streams.base import (
     AppendAck,
     AppendInput,
-    Header,
     ReadBatch,
     ReadLimit,
     ReadStart,
@@ -56,6 +54,7 @@ from parallax.streams.semantics import (
     validate_append,
     validate_stream_name,
 )
+from parallax.streams.sqlite_schema import decode_headers, encode_headers, migrate
 
 _T = TypeVar("_T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -63,90 +62,6 @@ MAX_GROUP = 512  # appends per group commit; bounds the latency of the first one
 POLL_INTERVAL_S = 0.002
 CHECKPOINT_EVERY_COMMITS = 200  # or every CHECKPOINT_INTERVAL_S, whichever comes first
 CHECKPOINT_INTERVAL_S = 1.0
-
-
-_pack_lengths = struct.Struct(">II").pack
-
-
-def encode_headers(headers: Iterable[Header]) -> bytes:
-    """Length-prefixed name/value pairs; the empty tuple encodes as b''."""
-    return b"".join([_pack_lengths(len(name), len(value)) + name + value for name, value in headers])
-
-
-def decode_headers(blob: bytes) -> tuple[Header, ...]:
-    if not blob:
-        return ()
-    out: list[Header] = []
-    offset = 0
-    while offset < len(blob):
-        name_len, value_len = struct.unpack_from(">II", blob, offset)
-        offset += 8
-        name = blob[offset : offset + name_len]
-        offset += name_len
-        out.append((name, blob[offset : offset + value_len]))
-        offset += value_len
-    return tuple(out)
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    # One statement at a time: executescript() would commit the migration's transaction.
-    _execute_each(
-        conn,
-        """
-        CREATE TABLE IF NOT EXISTS streams (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            created_at INTEGER NOT NULL,
-            next_seq INTEGER NOT NULL DEFAULT 0,
-            last_ts INTEGER NOT NULL DEFAULT 0,
-            fencing_token TEXT NOT NULL DEFAULT '',
-            trim_point INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE TABLE IF NOT EXISTS records (
-            stream_id INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            ts INTEGER NOT NULL,
-            headers BLOB NOT NULL,
-            body BLOB NOT NULL,
-            PRIMARY KEY (stream_id, seq)
-        ) WITHOUT ROWID;
-        -- every fence command ever applied, so a fork at any seq knows the token in force there
-        CREATE TABLE IF NOT EXISTS fences (
-            stream_id INTEGER NOT NULL,
-            seq INTEGER NOT NULL,
-            token TEXT NOT NULL,
-            PRIMARY KEY (stream_id, seq)
-        ) WITHOUT ROWID;
-        """,
-    )
-
-
-def _execute_each(conn: sqlite3.Connection, script: str) -> None:
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    for statement in "\n".join(lines).split(";"):
-        if statement.strip():
-            conn.execute(statement)
-
-
-# Ordered, named, recorded in the `migrations` table; append new ones, never edit old ones.
-MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
-    ("001_streams_records_fences", _create_schema),
-]
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        done = {row[0] for row in conn.execute("SELECT name FROM migrations")}
-        for name, step in MIGRATIONS:
-            if name not in done:
-                step(conn)
-                conn.execute("INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, now_ms()))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 @dataclass(slots=True)
