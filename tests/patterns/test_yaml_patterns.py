@@ -76,3 +76,14 @@ def test_errors_point_at_the_right_line() -> None:
 
 def test_corpus_is_large_enough() -> None:
     assert len(MALFORMED) >= 25
+
+
+def test_confidence_policy_in_yaml() -> None:
+    text = (
+        "pattern: fanout\nname: c\nmodel: test\nagents:\n  a:\n    confidence:\n"
+        "      retry_below: 0.5\n      escalate_below: 0.4\n      escalate_model: anthropic:claude-opus-4-1\n"
+    )
+    policy = compile_pattern(text, "c.yaml").step("a").confidence
+    assert policy is not None and policy.escalate_model == "anthropic:claude-opus-4-1"
+    with pytest.raises(PlanError, match=r"c.yaml:\d+:\d+: agents.a.confidence: 'escalate_model' is a dependency"):
+        compile_pattern(text.replace("      escalate_model: anthropic:claude-opus-4-1\n", ""), "c.yaml")

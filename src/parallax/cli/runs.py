@@ -346,6 +346,40 @@ def approve(ctx: click.Context, run_id: str, step: str, reject: bool, note: str,
     click.echo(f"{'rejected' if reject else 'approved'} {step} of {run_id}")
 
 
+@click.group()
+def agents() -> None:
+    """What is known about agents across runs."""
+
+
+@agents.command("confidence")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def agent_confidence(ctx: click.Context, name: str, as_json: bool) -> None:
+    """NAME's confidence history (every result it returned with a confidence), oldest first."""
+    from parallax.core.errors import StreamNotFound
+
+    async def action(store: StreamStore) -> list[dict[str, Any]]:
+        try:
+            records = await store.read_all(f"confidence/{name}")
+        except StreamNotFound:
+            return []
+        return [{"timestamp": r.timestamp, **json.loads(r.body)} for r in records]
+
+    history = run_with_store(ctx, action)
+    if as_json:
+        for entry in history:
+            click.echo(json.dumps(entry))
+        return
+    if not history:
+        click.echo(f"no confidence recorded for {name!r}")
+        return
+    for entry in history:
+        click.echo(f"{entry['run']}\t{entry['model']}\tattempt {entry['attempt']}\t{entry['confidence']:.2f}")
+    mean = sum(e["confidence"] for e in history) / len(history)
+    click.echo(f"{len(history)} result(s), mean confidence {mean:.2f}")
+
+
 @click.command()
 def schema() -> None:
     """Print the JSON Schema of YAML patterns (point your editor at it)."""
@@ -354,4 +388,4 @@ def schema() -> None:
     click.echo(json.dumps(PATTERN_SCHEMA, indent=2))
 
 
-COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve, schema]
+COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve, schema, agents]

@@ -22,6 +22,7 @@ ParallaxError
     └── AgentFailed           one attempt of an agent failed; `retryable` says if another may help
         ├── AgentTimeout      the attempt ran past its timeout (its process group was killed)
         ├── InvalidOutput     the output did not validate against the step's model
+        │   └── LowConfidence the output came back below the step's confidence threshold
         └── ProviderError     the model provider refused or broke (HTTP status, Retry-After)
 ```
 
@@ -161,6 +162,17 @@ class AgentTimeout(AgentFailed):
 
 class InvalidOutput(AgentFailed):
     retryable = False
+
+
+class LowConfidence(InvalidOutput):
+    """A result came back below the step's confidence threshold."""
+
+    def __init__(
+        self, message: str, *, retryable: bool, escalate: bool, usage: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.escalate = escalate
+        self.usage = usage
 
 
 class ProviderError(AgentFailed):

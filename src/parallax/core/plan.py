@@ -151,6 +151,25 @@ class GateSpec(_Frozen):
     allow_conflicts: bool = False
 
 
+class ConfidencePolicy(_Frozen):
+    """What a step does with the confidence of a result (from the agent or `verify`):
+    below `retry_below` it tries again (within `retry.max_attempts`); still below
+    `escalate_below` it runs again on `escalate_model` (a stronger or costlier model; llm
+    agents); finally below `accept` the step fails instead of passing a weak result on.
+    A result without a confidence is accepted as it is."""
+
+    accept: Annotated[float, Field(ge=0, le=1)] | None = None
+    retry_below: Annotated[float, Field(ge=0, le=1)] | None = None
+    escalate_below: Annotated[float, Field(ge=0, le=1)] | None = None
+    escalate_model: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ConfidencePolicy:
+        if self.escalate_below is not None and not self.escalate_model:
+            raise ValueError("escalate_below needs escalate_model")
+        return self
+
+
 class Step(_Frozen):
     id: Annotated[str, Field(pattern=_STEP_ID)]
     kind: StepKind
@@ -163,6 +182,7 @@ class Step(_Frozen):
     retry: RetryPolicy = RetryPolicy()
     verify: str | None = None  # a shell command; exit 0 sets confidence 1.0, else 0.0
     reads: tuple[str, ...] = ()  # extra streams (names or prefixes ending in '/') granted for reading
+    confidence: ConfidencePolicy | None = None
     merge: MergeSpec | None = None
     gate: GateSpec | None = None
 

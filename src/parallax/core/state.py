@@ -64,6 +64,8 @@ class StepState:
     finished_at: int | None = None
     skipped_reason: str | None = None
     output_seq: int | None = None  # where the output was recorded on the control stream
+    escalated_model: str | None = None  # set once low confidence moved the step to a stronger model
+    escalated_at: int = 0  # the attempt count when it did
 
     @property
     def done(self) -> bool:
@@ -218,6 +220,13 @@ def _failed(state: RunState, event: Event) -> None:
         step.finished_at = event.timestamp
 
 
+def _escalated(state: RunState, event: Event) -> None:
+    step = state.step(event.step or "")
+    if not step.done and step.escalated_model is None:
+        step.escalated_model = str(event.data["model"])
+        step.escalated_at = int(event.data.get("attempt", step.attempts))
+
+
 def _skipped(state: RunState, event: Event) -> None:
     step = state.step(event.step or "")
     if step.done:
@@ -282,6 +291,7 @@ _HANDLERS = {
     ev.STEP_OUTPUT: _output,
     ev.STEP_FAILED: _failed,
     ev.STEP_SKIPPED: _skipped,
+    ev.STEP_ESCALATED: _escalated,
     ev.CONFLICT_FOUND: _conflict,
     ev.GATE_WAITING: _gate_waiting,
     ev.GATE_DECIDED: _gate_decided,

@@ -33,7 +33,7 @@ from parallax.agents.process import agent_environment, run_process
 from parallax.agents.refs import resolve_model, resolve_ref
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
-from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, PlanError
+from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, LowConfidence, PlanError
 from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.merge import PythonRule, merge_contributions
@@ -50,7 +50,7 @@ from parallax.engine.dataplane import (
     cache_key,
     check_budget,
 )
-from parallax.streams.base import StreamStore
+from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 
 @dataclass
@@ -307,8 +307,11 @@ class Runner:
                     )
                 )
                 return
+        if state.escalated_model is not None:
+            agent = self._escalated_agent(step, state.escalated_model)
         breaker = self._breaker(step.agent.provider)
         attempt = state.attempts
+        base = state.escalated_at  # attempts before an escalation do not count against the new model
         while True:
             attempt += 1
             delay = 0.0
@@ -330,13 +333,36 @@ class Runner:
                 log = AgentLog(self.store, agent_stream(self.run_id, step.id), step.id, step.id)
                 try:
                     result = await self._attempt(step, agent, log, attempt, context, prompt, agent_input, budget)
+                    self._check_confidence(step, result)
                 except AgentFailed as e:
                     await self._flush_quietly(log)
                     if isinstance(e, InvalidOutput):
                         await breaker.release()
                     else:
                         await breaker.record_failure()
-                    final = not e.retryable or attempt >= step.retry.max_attempts
+                    final = not e.retryable or attempt - base >= step.retry.max_attempts
+                    policy = step.confidence
+                    escalate_to = policy.escalate_model if policy is not None else None
+                    if (
+                        isinstance(e, LowConfidence)
+                        and final
+                        and e.escalate
+                        and escalate_to
+                        and self.state.steps[step.id].escalated_model is None
+                    ):
+                        await self.log.emit(
+                            Event(
+                                ev.STEP_FAILED,
+                                {"attempt": attempt, "error": str(e), "error_type": "LowConfidence", "final": False,
+                                 "usage": e.usage or {}},
+                                step=step.id,
+                                agent=step.id,
+                            ),
+                            Event(ev.STEP_ESCALATED, {"model": escalate_to, "attempt": attempt}, step=step.id),
+                        )  # fmt: skip
+                        agent = self._escalated_agent(step, escalate_to)
+                        base = attempt
+                        continue
                     events = [
                         Event(
                             ev.STEP_FAILED,
@@ -381,10 +407,52 @@ class Runner:
                     )
                     if self._cache is not None and use_cache:
                         await self._cache.put(key, result.output, result.confidence, result.usage)
+                    if result.confidence is not None:
+                        await self._track_confidence(step, result.confidence, attempt)
                     return
             finally:
                 self._semaphore.release()
             await asyncio.sleep(delay)
+
+    def _escalated_agent(self, step: Step, model: str) -> Agent:
+        assert step.agent is not None
+        return build_agent(step.agent.model_copy(update={"model": model}))
+
+    def _check_confidence(self, step: Step, result: AgentResult) -> None:
+        """Raise LowConfidence when the step's policy does not take this result as it is."""
+        policy, confidence = step.confidence, result.confidence
+        if policy is None or confidence is None:
+            return
+        escalate = policy.escalate_below is not None and confidence < policy.escalate_below
+        if policy.retry_below is not None and confidence < policy.retry_below:
+            raise LowConfidence(
+                f"confidence {confidence:.2f} is below retry_below {policy.retry_below}",
+                retryable=True,
+                escalate=escalate,
+                usage=result.usage,
+            )
+        if escalate:
+            raise LowConfidence(
+                f"confidence {confidence:.2f} is below escalate_below {policy.escalate_below}",
+                retryable=False,
+                escalate=True,
+                usage=result.usage,
+            )
+        if policy.accept is not None and confidence < policy.accept:
+            raise LowConfidence(
+                f"confidence {confidence:.2f} is below accept {policy.accept}",
+                retryable=False,
+                escalate=False,
+                usage=result.usage,
+            )
+
+    async def _track_confidence(self, step: Step, confidence: float, attempt: int) -> None:
+        """Each agent's confidence history, across runs: `confidence/<step>` (see `parallax agents`)."""
+        assert step.agent is not None
+        model = self.state.steps[step.id].escalated_model or step.agent.model or step.agent.kind
+        entry = {"run": self.run_id, "confidence": confidence, "model": model, "attempt": attempt}
+        headers, body = Event("agent.confidence", entry, step=step.id, agent=step.id).encode()
+        await self.store.append(f"confidence/{step.id}", AppendInput([AppendRecord(body=body, headers=headers)]))
 
     async def _flush_quietly(self, log: AgentLog) -> None:
         with contextlib.suppress(Exception):

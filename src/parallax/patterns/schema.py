@@ -45,6 +45,17 @@ _agent: dict[str, Any] = {
         "after": {"type": "array", "items": {"type": "string", "pattern": NAME}},
         "reads": {"type": "array", "items": {"type": "string"}},
         "cache": {"type": "boolean"},
+        "confidence": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "accept": {"type": "number", "minimum": 0, "maximum": 1},
+                "retry_below": {"type": "number", "minimum": 0, "maximum": 1},
+                "escalate_below": {"type": "number", "minimum": 0, "maximum": 1},
+                "escalate_model": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+:.+$"},
+            },
+            "dependentRequired": {"escalate_below": ["escalate_model"]},
+        },
     },
 }
 

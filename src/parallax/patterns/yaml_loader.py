@@ -25,7 +25,17 @@ from pydantic import BaseModel, ValidationError
 
 from parallax.agents.refs import resolve_ref
 from parallax.core.errors import PlanError
-from parallax.core.plan import AgentSpec, Budget, MergeSpec, Plan, RetryPolicy, RuleSpec, Step, find_cycle
+from parallax.core.plan import (
+    AgentSpec,
+    Budget,
+    ConfidencePolicy,
+    MergeSpec,
+    Plan,
+    RetryPolicy,
+    RuleSpec,
+    Step,
+    find_cycle,
+)
 from parallax.core.types import build_type
 from parallax.patterns.schema import PATTERN_SCHEMA
 
@@ -217,6 +227,7 @@ def compile_pattern(
                 retry=RetryPolicy(**agent["retry"]) if "retry" in agent else plan_retry,
                 verify=agent.get("verify"),
                 reads=tuple(agent.get("reads", ())),
+                confidence=ConfidencePolicy(**agent["confidence"]) if "confidence" in agent else None,
             )
         )
     cycle = find_cycle({s.id: s.after for s in steps})
