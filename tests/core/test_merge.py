@@ -96,3 +96,35 @@ def test_paths() -> None:
     assert resolve_path(doc, "a.b[*].c") == ([1, 2], True)
     assert resolve_path(doc, "x.y") == ([], False)
     assert flatten({"a": {"b": 1, "c": [1]}, "d": None}) == {"a.b": 1, "a.c": [1]}
+
+
+def test_majority_vote_keeps_the_dissent() -> None:
+    from parallax.core.merge import count_votes
+
+    outcome = count_votes(
+        {"a": {"answer": "42"}, "b": {"answer": " 42"}, "c": {"answer": "41"}, "d": {"other": 1}},
+        {},
+        {"e": "timed out"},
+        "answer",
+        weighted=False,
+        step="vote",
+    )
+    assert outcome.document["winner"] == "42"
+    assert outcome.document["agreement"] == round(2 / 3, 4)
+    kinds = sorted(c.kind for c in outcome.conflicts)
+    assert kinds == ["disagreement", "gap"]
+    split = next(c for c in outcome.conflicts if c.kind == "disagreement")
+    assert split.values == {"a": "42", "b": " 42", "c": "41"}
+
+
+def test_weighted_vote_can_overturn_the_majority_and_ties_have_no_winner() -> None:
+    from parallax.core.merge import count_votes
+
+    votes = {"a": {"x": "yes"}, "b": {"x": "yes"}, "c": {"x": "no"}}
+    weighted = count_votes(votes, {"a": 0.2, "b": 0.2, "c": 0.9}, {}, "x", weighted=True)
+    assert weighted.document["winner"] == "no"
+    tie = count_votes({"a": {"x": 1}, "b": {"x": 2}}, {}, {}, "x", weighted=False)
+    assert tie.document["winner"] is None
+    assert "a tie" in tie.conflicts[0].message
+    unanimous = count_votes({"a": {"x": 1}, "b": {"x": 1}}, {}, {}, "x", weighted=False)
+    assert (unanimous.document["agreement"], unanimous.conflicts) == (1.0, [])

@@ -87,3 +87,21 @@ def test_confidence_policy_in_yaml() -> None:
     assert policy is not None and policy.escalate_model == "anthropic:claude-opus-4-1"
     with pytest.raises(PlanError, match=r"c.yaml:\d+:\d+: agents.a.confidence: 'escalate_model' is a dependency"):
         compile_pattern(text.replace("      escalate_model: anthropic:claude-opus-4-1\n", ""), "c.yaml")
+
+
+def test_vote_example_runs_offline(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["--store", f"sqlite://{tmp_path / 'v.db'}", "run", str(ROOT / "examples" / "vote.yaml"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    document = state["result"]["document"]
+    assert document["winner"] == "N+1 queries in the new cart code"
+    assert document["agreement"] == round(2.1 / 3.4, 4)  # weighted by each agent's confidence
+    assert [c["kind"] for c in state["conflicts"]] == ["disagreement"]
+
+
+def test_vote_pattern_needs_a_vote_section() -> None:
+    text = "pattern: vote\nname: v\nmodel: test\nagents:\n  a: {}\n"
+    with pytest.raises(PlanError, match="a vote pattern needs `vote:"):
+        compile_pattern(text, "v.yaml")

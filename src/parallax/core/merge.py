@@ -199,3 +199,62 @@ def _check_rule(
 
 def _root(path: str) -> str:
     return path.split(".")[0].split("[")[0]
+
+
+def count_votes(
+    contributions: Mapping[str, Mapping[str, Any]],
+    confidences: Mapping[str, float | None],
+    gaps: Mapping[str, str],
+    field: str,
+    *,
+    weighted: bool,
+    step: str | None = None,
+) -> MergeOutcome:
+    """The winning value of `field` among the contributions, its agreement score, and the
+    dissent as a conflict. A tie has no winner (and is a conflict). A contribution without the
+    field, and every gap, counts as not voting."""
+    tallies: dict[str, float] = {}
+    values: dict[str, Any] = {}
+    ballots: dict[str, Any] = {}
+    for name in sorted(contributions):
+        found, _ = resolve_path(contributions[name], field)
+        if not found:
+            continue
+        value = found[0]
+        key = _key(value)
+        values.setdefault(key, value)
+        ballots[name] = value
+        weight = (confidences.get(name) or 0.0) if weighted else 1.0
+        tallies[key] = tallies.get(key, 0.0) + weight
+    conflicts = [
+        Conflict(kind="gap", path=name, message=f"{name} {reason}; it did not vote", agents=(name,), step=step)
+        for name, reason in sorted(gaps.items())
+    ]
+    total = sum(tallies.values())
+    ranked = sorted(tallies.items(), key=lambda kv: kv[1], reverse=True)
+    winner: Any = None
+    agreement = 0.0
+    if ranked and total > 0 and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
+        winner = values[ranked[0][0]]
+        agreement = ranked[0][1] / total
+    if len(ranked) > 1:
+        verdict = "a tie: no winner" if winner is None else f"{agreement:.0%} agreement"
+        conflicts.append(
+            Conflict(
+                kind="disagreement",
+                path=field,
+                message=f"the vote split ({verdict})",
+                agents=tuple(ballots),
+                values=dict(ballots),
+                step=step,
+            )
+        )
+    document = {
+        "field": field,
+        "winner": winner,
+        "agreement": round(agreement, 4),
+        "weighted": weighted,
+        "tally": {json.dumps(values[k], default=str): round(v, 4) for k, v in ranked},
+        "votes": ballots,
+    }
+    return MergeOutcome(document, conflicts)

@@ -124,6 +124,15 @@ class RuleSpec(_Frozen):
         return self
 
 
+class VoteSpec(_Frozen):
+    """A vote over one field of every contribution: the most common value wins (by count, or by
+    summed confidence when `weighted`); `agreement` is the winner's share. Dissent is kept as a
+    conflict, never dropped."""
+
+    field: Annotated[str, Field(pattern="^" + FIELD_PATH.pattern + "$")]
+    weighted: bool = False
+
+
 class MergeSpec(_Frozen):
     """How a merge step assembles its inputs.
 
@@ -137,6 +146,7 @@ class MergeSpec(_Frozen):
     sections: dict[str, str] = Field(default_factory=dict)
     rules: tuple[RuleSpec, ...] = ()
     ignore: tuple[str, ...] = ()  # field names or paths that may differ between contributions
+    vote: VoteSpec | None = None  # count the inputs' answers instead of assembling sections
 
 
 class GateSpec(_Frozen):

@@ -36,7 +36,7 @@ from parallax.core.conflicts import Conflict
 from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, LowConfidence, PlanError
 from parallax.core.events import Event
 from parallax.core.grants import Grants
-from parallax.core.merge import PythonRule, merge_contributions
+from parallax.core.merge import PythonRule, count_votes, merge_contributions
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState, describe_gap
 from parallax.core.template import render
@@ -553,6 +553,13 @@ class Runner:
                 contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
             else:
                 gaps[dep] = describe_gap(dep_state)
+        if spec.vote is not None:
+            confidences = {d: self.state.steps[d].confidence for d in contributions}
+            voted = count_votes(
+                contributions, confidences, gaps, spec.vote.field, weighted=spec.vote.weighted, step=step.id
+            )
+            await self._record_merge(step, voted.document, voted.conflicts)
+            return
         target = resolve_model(spec.target, self.plan, self.state.plan_hash) if spec.target else None
         rules: dict[str, PythonRule] = {}
         for rule in spec.rules:
@@ -581,6 +588,9 @@ class Runner:
                         step=step.id,
                     )
                 )
+        await self._record_merge(step, document, conflicts)
+
+    async def _record_merge(self, step: Step, document: Any, conflicts: list[Conflict]) -> None:
         events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
         events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
         events.append(

@@ -92,8 +92,18 @@ PATTERN_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["pattern", "name", "agents"],
     "properties": {
-        "pattern": {"enum": ["fanout", "pipeline"], "description": "fanout: all agents at once, then a merge; "
-                    "pipeline: agents in order, each after the one before (or as `after` says)"},
+        "pattern": {"enum": ["fanout", "pipeline", "vote"], "description": "fanout: all agents at once, then a merge; "
+                    "pipeline: agents in order, each after the one before (or as `after` says); "
+                    "vote: all agents at once, then a vote over one field"},
+        "vote": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["field"],
+            "properties": {
+                "field": {"type": "string", "pattern": FIELD_PATH},
+                "weighted": {"type": "boolean", "description": "weigh each vote by its confidence"},
+            },
+        },
         "name": {"type": "string", "minLength": 1},
         "description": {"type": "string"},
         "model": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+:.+$|^test$"},

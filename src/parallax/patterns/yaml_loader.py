@@ -34,6 +34,7 @@ from parallax.core.plan import (
     RetryPolicy,
     RuleSpec,
     Step,
+    VoteSpec,
     find_cycle,
 )
 from parallax.core.types import build_type
@@ -233,7 +234,12 @@ def compile_pattern(
     cycle = find_cycle({s.id: s.after for s in steps})
     if cycle:
         raise where.error(("agents", cycle[0], "after"), f"the agents form a cycle: {' -> '.join(cycle)}")
-    if "merge" in data or data["pattern"] == "fanout":
+    if data["pattern"] == "vote":
+        if "vote" not in data:
+            raise where.error((), "a vote pattern needs `vote: {field: ..., weighted: ...}`")
+        voters = tuple(s.id for s in steps if not any(s.id in o.after for o in steps))
+        steps.append(Step(id="vote", kind="merge", after=voters, merge=MergeSpec(vote=VoteSpec(**data["vote"]))))
+    elif "merge" in data or data["pattern"] == "fanout":
         merge = data.get("merge", {})
         rules = []
         for i, rule in enumerate(merge.get("rules", [])):
