@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, Bud
 from parallax.agents.process import agent_environment, run_process
 from parallax.agents.refs import resolve_model, resolve_ref
 from parallax.core import events as ev
+from parallax.core.confidence import check_confidence
 from parallax.core.conflicts import Conflict
 from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, LowConfidence, PlanError
 from parallax.core.events import Event
@@ -50,6 +50,7 @@ from parallax.engine.dataplane import (
     cache_key,
     check_budget,
 )
+from parallax.engine.gates import run_gate
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 
@@ -146,7 +147,7 @@ class Runner:
             elif step.kind == "merge":
                 await self._merge_step(step)
             else:
-                await self._gate_step(step)
+                await run_gate(self.log, step)
         except asyncio.CancelledError:
             return
         except Fenced as e:
@@ -333,7 +334,7 @@ class Runner:
                 log = AgentLog(self.store, agent_stream(self.run_id, step.id), step.id, step.id)
                 try:
                     result = await self._attempt(step, agent, log, attempt, context, prompt, agent_input, budget)
-                    self._check_confidence(step, result)
+                    check_confidence(step.confidence, result.confidence, result.usage)
                 except AgentFailed as e:
                     await self._flush_quietly(log)
                     if isinstance(e, InvalidOutput):
@@ -417,34 +418,6 @@ class Runner:
     def _escalated_agent(self, step: Step, model: str) -> Agent:
         assert step.agent is not None
         return build_agent(step.agent.model_copy(update={"model": model}))
-
-    def _check_confidence(self, step: Step, result: AgentResult) -> None:
-        """Raise LowConfidence when the step's policy does not take this result as it is."""
-        policy, confidence = step.confidence, result.confidence
-        if policy is None or confidence is None:
-            return
-        escalate = policy.escalate_below is not None and confidence < policy.escalate_below
-        if policy.retry_below is not None and confidence < policy.retry_below:
-            raise LowConfidence(
-                f"confidence {confidence:.2f} is below retry_below {policy.retry_below}",
-                retryable=True,
-                escalate=escalate,
-                usage=result.usage,
-            )
-        if escalate:
-            raise LowConfidence(
-                f"confidence {confidence:.2f} is below escalate_below {policy.escalate_below}",
-                retryable=False,
-                escalate=True,
-                usage=result.usage,
-            )
-        if policy.accept is not None and confidence < policy.accept:
-            raise LowConfidence(
-                f"confidence {confidence:.2f} is below accept {policy.accept}",
-                retryable=False,
-                escalate=False,
-                usage=result.usage,
-            )
 
     async def _track_confidence(self, step: Step, confidence: float, attempt: int) -> None:
         """Each agent's confidence history, across runs: `confidence/<step>` (see `parallax agents`)."""
@@ -604,61 +577,3 @@ class Runner:
             )
         )
         await self.log.emit(*events)  # one atomic append: a merge is recorded whole or not at all
-
-    # Gate steps
-
-    async def _gate_step(self, step: Step) -> None:
-        assert step.gate is not None
-        gate = step.gate
-        if gate.kind == "check":
-            await self._check_gate(step)
-            return
-        if self.state.steps[step.id].status != "waiting":
-            await self.log.emit(Event(ev.GATE_WAITING, {"prompt": gate.prompt or step.id}, step=step.id))
-        # The timeout counts from when the gate started waiting (on the log), across resumes.
-        waiting_since = (self.state.steps[step.id].started_at or time.time_ns() // 1_000_000) / 1000
-        deadline = None if gate.timeout_s is None else waiting_since + gate.timeout_s
-        while step.id not in self.state.gate_decisions:
-            self.log.foreign.clear()
-            timeout = None if deadline is None else max(0.0, deadline - time.time())
-            try:
-                async with asyncio.timeout(timeout):
-                    await self.log.foreign.wait()
-            except TimeoutError:
-                approved = gate.on_timeout == "approve"
-                await self.log.emit(
-                    Event(
-                        ev.GATE_DECIDED,
-                        {"approved": approved, "by": "timeout", "note": f"no decision in {gate.timeout_s:g}s"},
-                        step=step.id,
-                    )
-                )
-        decision = self.state.gate_decisions[step.id]
-        if decision.approved:
-            output = {"approved": True, "by": decision.by, "note": decision.note}
-            await self.log.emit(Event(ev.STEP_OUTPUT, {"output": output, "attempt": 1}, step=step.id))
-        else:
-            error = f"rejected by {decision.by}" + (f": {decision.note}" if decision.note else "")
-            await self.log.emit(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
-
-    async def _check_gate(self, step: Step) -> None:
-        assert step.gate is not None
-        gate = step.gate
-        problems: list[str] = []
-        for dep in step.after:
-            dep_state = self.state.steps[dep]
-            if dep_state.status != "succeeded":
-                problems.append(f"{dep} {dep_state.status}")
-                continue
-            if gate.min_confidence is not None and (dep_state.confidence or 0.0) < gate.min_confidence:
-                problems.append(f"{dep} confidence {dep_state.confidence} < {gate.min_confidence}")
-        if not gate.allow_conflicts:
-            found = [c for c in self.state.conflicts if c.step in step.after]
-            if found:
-                problems.append(f"{len(found)} unresolved conflict(s)")
-        if problems:
-            await self.log.emit(
-                Event(ev.STEP_FAILED, {"error": "check failed: " + "; ".join(problems), "final": True}, step=step.id)
-            )
-        else:
-            await self.log.emit(Event(ev.STEP_OUTPUT, {"output": {"passed": True}, "attempt": 1}, step=step.id))
