@@ -76,6 +76,22 @@ def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def gap_conflicts(
+    gaps: Mapping[str, str], consequence: str, step: str | None, sections: Mapping[str, str] | None = None
+) -> list[Conflict]:
+    """One `gap` conflict per input that produced nothing: who, why, and what it means here."""
+    return [
+        Conflict(
+            kind="gap",
+            path=(sections or {}).get(name, name),
+            message=f"{name} {reason}; {consequence}",
+            agents=(name,),
+            step=step,
+        )
+        for name, reason in sorted(gaps.items())
+    ]
+
+
 def merge_contributions(
     contributions: Mapping[str, Mapping[str, Any]],
     gaps: Mapping[str, str],
@@ -94,16 +110,7 @@ def merge_contributions(
     section_of = {name: spec.sections.get(name, name) for name in [*contributions, *gaps]}
     document: dict[str, Any] = {}
 
-    for name, reason in sorted(gaps.items()):
-        conflicts.append(
-            Conflict(
-                kind="gap",
-                path=section_of[name],
-                message=f"{name} {reason}; its contribution is missing",
-                agents=(name,),
-                step=step,
-            )
-        )
+    conflicts.extend(gap_conflicts(gaps, "its contribution is missing", step, section_of))
     for name in sorted(contributions):
         document[section_of[name]] = dict(contributions[name])
 
@@ -226,10 +233,7 @@ def count_votes(
         ballots[name] = value
         weight = (confidences.get(name) or 0.0) if weighted else 1.0
         tallies[key] = tallies.get(key, 0.0) + weight
-    conflicts = [
-        Conflict(kind="gap", path=name, message=f"{name} {reason}; it did not vote", agents=(name,), step=step)
-        for name, reason in sorted(gaps.items())
-    ]
+    conflicts = gap_conflicts(gaps, "it did not vote", step)
     total = sum(tallies.values())
     ranked = sorted(tallies.items(), key=lambda kv: kv[1], reverse=True)
     winner: Any = None
