@@ -120,9 +120,17 @@ class LlmAgent(Agent):
 
         spec = self.spec
         model_name = spec.model or ""
-        model = self._models.get(ctx.agent)
+        # Scripted answers may be keyed by step id (`critic.r2`: deterministic across resumes)
+        # or by agent name (one list, answered in call order).
+        key = ctx.agent
+        if model_name.startswith("scripted:") and ctx.step_id != ctx.agent:
+            from parallax.agents.testing import ScriptedModel
+
+            if ctx.step_id in ScriptedModel.keys_in(model_name.removeprefix("scripted:")):
+                key = ctx.step_id
+        model = self._models.get(key)
         if model is None:
-            model = self._models[ctx.agent] = build_model(spec, ctx.agent, ctx.env)
+            model = self._models[key] = build_model(spec, key, ctx.env)
         output_type: type[BaseModel] | type[str] = ctx.output_type or str
         output_retries = spec.settings.get("output_retries", 2)
         agent: PaiAgent[None, Any] = PaiAgent(

@@ -41,10 +41,19 @@ class ScriptedModel(FunctionModel):
         self.chunk_delay_s = chunk_delay_s
         super().__init__(self._answer, stream_function=self._stream, model_name="scripted")
 
+    @staticmethod
+    def keys_in(path: str) -> set[str]:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return set()
+        return set(data) if isinstance(data, dict) else set()
+
     @classmethod
     def from_file(cls, path: str, agent: str) -> ScriptedModel:
-        """`path` holds a JSON list of answers, or an object mapping agent names to lists, with an
-        optional `"_settings": {"chunk_delay_s": ...}`."""
+        """`path` holds a JSON list of answers, or an object mapping agent names (or step ids,
+        such as `critic.r2` for a later round) to lists, with an optional
+        `"_settings": {"chunk_delay_s": ...}`."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:

@@ -31,6 +31,14 @@ GATE_WAITING = "gate.waiting"
 GATE_DECIDED = "gate.decided"
 CIRCUIT_CHANGED = "circuit.changed"
 BUDGET_EXHAUSTED = "budget.exhausted"
+STEPS_ADDED = "steps.added"  # a control step grew the plan (atomic with its output)
+TOPOLOGY_REQUESTED = "topology.requested"  # a person or process asks a live run to change shape
+TOPOLOGY_APPLIED = "topology.applied"  # the coordinator carried a request out (or refused it)
+DIVERGENCE = "run.divergence"  # how far the cohorts' conclusions differ
+
+# Cohort streams: runs/<run>/cohorts/<name>; inboxes: runs/<run>/inbox/<target>
+COHORT_MESSAGE = "cohort.message"
+INBOX_MESSAGE = "inbox.message"
 
 # Agent streams: runs/<run>/agents/<agent>
 AGENT_INPUT = "agent.input"

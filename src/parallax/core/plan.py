@@ -8,8 +8,13 @@ Invariants:
 - `Plan.model_dump_json()` / `Plan.model_validate_json()` round-trip exactly.
 
 Step kinds: `agent` (runs one agent), `merge` (combines its inputs' typed contributions and
-surfaces conflicts), `gate` (waits for a person, or checks a condition). New kinds (map,
-sub-plan) are added as further members of `StepKind` with their own spec field.
+surfaces conflicts), `gate` (waits for a person, or checks a condition), `control` (decides,
+from its inputs, which steps come next: another consensus round, the next cascade tier, one
+step per mapped item, the moderator's actions; see `core/expand.py`) and `subrun` (a whole
+plan run on its own streams, whose result comes back as this step's output).
+
+A plan grows only through `control` steps: their `steps.added` event (atomic with their
+output) extends the plan in the run's fold, so a resumed or forked run sees the same graph.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-StepKind = Literal["agent", "merge", "gate"]
+StepKind = Literal["agent", "merge", "gate", "control", "subrun"]
+ControlKind = Literal["consensus", "cascade", "map", "review", "moderate", "orgchart", "escalate"]
 AgentKind = Literal["llm", "python", "command", "cli"]
 
 _STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -180,6 +186,23 @@ class ConfidencePolicy(_Frozen):
         return self
 
 
+class ControlSpec(_Frozen):
+    """A step that decides what runs next. `settings` are the controller's own (thresholds,
+    round limits, ...); `templates` are the steps it instantiates (dumped `Step`s)."""
+
+    kind: ControlKind
+    settings: dict[str, JsonValue] = Field(default_factory=dict)
+    templates: tuple[dict[str, JsonValue], ...] = ()
+
+
+class SubrunSpec(_Frozen):
+    """A breakout: `plan` (a dumped Plan) runs as run `<run>.<step>` on its own streams, with
+    `inputs` merged over its own; its result becomes this step's output."""
+
+    plan: dict[str, JsonValue]
+    inputs: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 class Step(_Frozen):
     id: Annotated[str, Field(pattern=_STEP_ID)]
     kind: StepKind
@@ -195,10 +218,27 @@ class Step(_Frozen):
     confidence: ConfidencePolicy | None = None
     merge: MergeSpec | None = None
     gate: GateSpec | None = None
+    control: ControlSpec | None = None
+    subrun: SubrunSpec | None = None
+    # The agent's name in the pattern (stable across rounds: `critic` for step `critic.r2`);
+    # prompts may say {{steps.<role>.output}}, and confidence history is kept per role.
+    role: Annotated[str, Field(pattern=_STEP_ID)] | None = None
+    # A cohort member: reads and posts to runs/<run>/cohorts/<cohort>, reads inbox/<cohort>, and
+    # nothing of the other cohorts.
+    cohort: Annotated[str, Field(pattern=_STEP_ID)] | None = None
+    # A stream the step's output is also appended to (`{run}` is the run id), once, before the
+    # output is recorded: a cohort's shared stream, or runs/{run}/synthesis.
+    publish: str | None = None
 
     @model_validator(mode="after")
     def _check_kind(self) -> Step:
-        spec = {"agent": self.agent, "merge": self.merge, "gate": self.gate}
+        spec = {
+            "agent": self.agent,
+            "merge": self.merge,
+            "gate": self.gate,
+            "control": self.control,
+            "subrun": self.subrun,
+        }
         if spec[self.kind] is None:
             raise ValueError(f"step {self.id!r} is a {self.kind} step and needs `{self.kind}`")
         extra = [k for k, v in spec.items() if v is not None and k != self.kind]
@@ -210,7 +250,7 @@ class Step(_Frozen):
 
     @property
     def agent_name(self) -> str:
-        return self.id
+        return self.role or self.id
 
 
 class Budget(_Frozen):
@@ -263,6 +303,25 @@ class Plan(_Frozen):
             if step.id == step_id:
                 return step
         raise KeyError(step_id)
+
+    def extended(self, added: tuple[Step, ...], rewire: dict[str, tuple[str, ...]] | None = None) -> Plan:
+        """This plan plus `added`; every step that depended on a key of `rewire` depends on
+        its replacement list instead (a controller handing its dependents to what it added)."""
+        rewire = rewire or {}
+        steps: list[Step] = []
+        for step in self.steps:
+            if any(dep in rewire for dep in step.after):
+                after: list[str] = []
+                for dep in step.after:
+                    for new in rewire.get(dep, (dep,)):
+                        if new not in after:
+                            after.append(new)
+                step = step.model_copy(update={"after": tuple(after)})
+            steps.append(step)
+        return self.model_copy(update={"steps": (*steps, *added)}).revalidated()
+
+    def revalidated(self) -> Plan:
+        return Plan.model_validate(self.model_dump(mode="python", by_alias=True))
 
     def dependents(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {s.id: [] for s in self.steps}

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
 from parallax.core.events import Event
-from parallax.core.plan import Plan
+from parallax.core.plan import Plan, Step
 
 StepStatus = Literal["pending", "running", "waiting", "succeeded", "failed", "skipped"]
 RunStatus = Literal["created", "running", "succeeded", "failed", "budget_exhausted", "cancelled"]
@@ -100,6 +100,16 @@ class RunState:
     forked_from: tuple[str, int] | None = None
     next_seq: int = 0  # one past the last record folded
     finished_at: int | None = None
+    # Sessions kept by control steps (a moderator's phase, rounds, active cohorts), by name:
+    # the last snapshot on the log is the state a resumed controller continues from.
+    sessions: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
+    requests: dict[int, dict[str, Any]] = field(default_factory=dict[int, dict[str, Any]])  # seq -> request
+    applied: dict[int, str] = field(default_factory=dict[int, str])  # request seq -> what became of it
+    divergence: dict[str, Any] | None = None
+
+    @property
+    def pending_requests(self) -> list[tuple[int, dict[str, Any]]]:
+        return sorted((seq, r) for seq, r in self.requests.items() if seq not in self.applied)
 
     @property
     def finished(self) -> bool:
@@ -236,6 +246,37 @@ def _skipped(state: RunState, event: Event) -> None:
     step.finished_at = event.timestamp
 
 
+def _steps_added(state: RunState, event: Event) -> None:
+    if state.plan is None:
+        return
+    added = tuple(Step.model_validate(s) for s in event.data.get("steps", ()))
+    known = {s.id for s in state.plan.steps}
+    added = tuple(s for s in added if s.id not in known)
+    rewire = {k: tuple(v) for k, v in (event.data.get("rewire") or {}).items()}
+    if added or rewire:
+        state.plan = state.plan.extended(added, rewire)
+    for step in added:
+        state.steps.setdefault(step.id, StepState(step.id))
+    session = event.data.get("session")
+    if isinstance(session, dict) and "name" in session:
+        state.sessions[str(session["name"])] = session
+    for seq, outcome in (event.data.get("applied") or {}).items():
+        state.applied[int(seq)] = str(outcome)
+
+
+def _topology_requested(state: RunState, event: Event) -> None:
+    state.requests[event.seq_num] = dict(event.data)
+
+
+def _topology_applied(state: RunState, event: Event) -> None:
+    for seq, outcome in (event.data.get("applied") or {}).items():
+        state.applied[int(seq)] = str(outcome)
+
+
+def _divergence(state: RunState, event: Event) -> None:
+    state.divergence = dict(event.data)
+
+
 def _conflict(state: RunState, event: Event) -> None:
     state.conflicts.append(Conflict.model_validate(event.data["conflict"]))
 
@@ -293,6 +334,10 @@ _HANDLERS = {
     ev.STEP_SKIPPED: _skipped,
     ev.STEP_ESCALATED: _escalated,
     ev.CONFLICT_FOUND: _conflict,
+    ev.STEPS_ADDED: _steps_added,
+    ev.TOPOLOGY_REQUESTED: _topology_requested,
+    ev.TOPOLOGY_APPLIED: _topology_applied,
+    ev.DIVERGENCE: _divergence,
     ev.GATE_WAITING: _gate_waiting,
     ev.GATE_DECIDED: _gate_decided,
     ev.CIRCUIT_CHANGED: _circuit,
@@ -318,6 +363,8 @@ def describe(state: RunState) -> dict[str, Any]:
                 "agent": spec.agent.kind if spec.agent else None,
                 "model": spec.agent.model if spec.agent else None,
                 "after": list(spec.after),
+                "role": spec.role,
+                "cohort": spec.cohort,
                 "status": step.status,
                 "attempts": step.attempts,
                 "confidence": step.confidence,
@@ -343,6 +390,12 @@ def describe(state: RunState) -> dict[str, Any]:
         "conflicts": [c.model_dump(mode="json") for c in state.conflicts],
         "circuits": state.circuits,
         "budget_exhausted": state.budget_exhausted,
+        "sessions": state.sessions,
+        "requests": [
+            {"seq": seq, **request, "outcome": state.applied.get(seq, "pending")}
+            for seq, request in sorted(state.requests.items())
+        ],
+        "divergence": state.divergence,
         "result": state.result,
     }
 

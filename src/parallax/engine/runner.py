@@ -35,11 +35,13 @@ from parallax.core.confidence import check_confidence
 from parallax.core.conflicts import Conflict
 from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, LowConfidence, PlanError
 from parallax.core.events import Event
+from parallax.core.expand import cohort_stream
 from parallax.core.grants import Grants
 from parallax.core.merge import PythonRule, count_votes, merge_contributions
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState, describe_gap
 from parallax.core.template import render
+from parallax.engine.cohorts import find_published, publish, stream_context
 from parallax.engine.control import ControlLog, agent_stream
 from parallax.engine.dataplane import (
     CircuitBreaker,
@@ -50,6 +52,7 @@ from parallax.engine.dataplane import (
     cache_key,
     check_budget,
 )
+from parallax.engine.expansion import run_control, run_subrun
 from parallax.engine.gates import run_gate
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
@@ -111,6 +114,7 @@ class Runner:
         self._steps = {s.id: s for s in plan.steps}
         self._envs: dict[tuple[str, ...], dict[str, str]] = {}
         self._remaining = {s.id: sum(1 for d in s.after if not self.state.steps[d].done) for s in plan.steps}
+        self._plan_seen = plan
         watcher = asyncio.create_task(self._watch_control())
         try:
             for step_id in plan.topological_order():
@@ -146,6 +150,10 @@ class Runner:
                 await self._agent_step(step)
             elif step.kind == "merge":
                 await self._merge_step(step)
+            elif step.kind == "control":
+                await run_control(self.log, step)
+            elif step.kind == "subrun":
+                await run_subrun(self, step)
             else:
                 await run_gate(self.log, step)
         except asyncio.CancelledError:
@@ -166,12 +174,28 @@ class Runner:
 
     def _step_finished(self, step_id: str) -> None:
         self._tasks.pop(step_id, None)
-        for nxt in self._dependents.get(step_id, ()):
-            self._remaining[nxt] -= 1
-            if self._remaining[nxt] == 0 and not self.state.steps[nxt].done:
-                self._start(nxt)
+        if self.plan is not self._plan_seen:
+            self._refresh_topology()
+        else:
+            for nxt in self._dependents.get(step_id, ()):
+                self._remaining[nxt] -= 1
+                if self._remaining[nxt] == 0 and not self.state.steps[nxt].done:
+                    self._start(nxt)
         if not self._tasks:
             self._all_done.set()
+
+    def _refresh_topology(self) -> None:
+        """A control step grew the plan: take in the new steps and the rewired dependencies,
+        then start whatever is ready."""
+        plan = self._plan_seen = self.plan
+        self._steps = {s.id: s for s in plan.steps}
+        self._dependents = plan.dependents()
+        steps = self.state.steps
+        for spec in plan.steps:
+            self._remaining[spec.id] = sum(1 for d in spec.after if not steps[d].done)
+        for step_id in plan.topological_order():
+            if not steps[step_id].done and self._remaining[step_id] == 0 and step_id not in self._tasks:
+                self._start(step_id)
 
     def _abort(self, error: BaseException) -> None:
         if self._fatal is None:
@@ -218,16 +242,35 @@ class Runner:
     # Inputs, grants, agents
 
     def _context(self, step: Step) -> dict[str, Any]:
+        """What a prompt may refer to: `input.*`, `steps.<id or role>.output`, `upstream` (the
+        outputs of the agent and merge steps it follows, in order), `run.id`."""
         steps: dict[str, Any] = {}
+        upstream: list[Any] = []
         for dep in step.after:
             dep_state = self.state.steps[dep]
-            steps[dep] = {"output": dep_state.output, "confidence": dep_state.confidence, "status": dep_state.status}
-        return {"input": {**self.plan.inputs, **step.input}, "steps": steps, "run": {"id": self.run_id}}
+            entry = {"output": dep_state.output, "confidence": dep_state.confidence, "status": dep_state.status}
+            steps[dep] = entry
+            spec = self._steps[dep]
+            if spec.role and spec.role not in steps:
+                steps[spec.role] = entry
+            if spec.kind in ("agent", "merge", "subrun") and dep_state.status == "succeeded":
+                upstream.append(dep_state.output)
+        return {
+            "input": {**self.plan.inputs, **step.input},
+            "steps": steps,
+            "upstream": upstream,
+            "run": {"id": self.run_id},
+        }
+
+    def context_for(self, step: Step) -> dict[str, Any]:
+        return self._context(step)
 
     def _grants(self, step: Step) -> Grants:
         own = agent_stream(self.run_id, step.id)
         reads = [agent_stream(self.run_id, dep) for dep in step.after]
         reads += [entry.replace("{run}", self.run_id) for entry in step.reads]
+        if step.cohort:
+            reads.append(cohort_stream(self.run_id, step.cohort))
         return Grants(agent=step.id, write=(own,), read=tuple(reads))
 
     def _agent_for(self, step: Step) -> Agent:
@@ -285,6 +328,23 @@ class Runner:
             await self.log.emit(Event(ev.STEP_SKIPPED, {"reason": reason}, step=step.id))
             return
         context = self._context(step)
+        published_to = step.publish.replace("{run}", self.run_id) if step.publish else None
+        idem = f"{self.run_id}/{step.id}"
+        if published_to is not None:
+            posted = await find_published(self.store, published_to, idem)
+            if posted is not None:  # posted before a crash, output not yet recorded: record it now
+                await self.log.emit(
+                    Event(
+                        ev.STEP_OUTPUT,
+                        {"output": posted.data.get("output"), "confidence": posted.data.get("confidence"),
+                         "attempt": state.attempts, "recovered": True},
+                        step=step.id,
+                        agent=step.agent_name,
+                    )
+                )  # fmt: skip
+                return
+        if step.cohort or step.reads:
+            context.update(await stream_context(self.store, self._grants(step), self.run_id, step))
         prompt = render(step.prompt, context) if step.prompt else None
         agent_input = {"input": context["input"], "upstream": {k: v["output"] for k, v in context["steps"].items()}}
         if step.output:
@@ -393,6 +453,15 @@ class Runner:
                     if not self._limits.unlimited:
                         self._limits.spent(result.usage)
                     await log.flush()
+                    if published_to is not None:
+                        message = {
+                            "from": step.agent_name,
+                            "step": step.id,
+                            "round": step.input.get("round"),
+                            "output": result.output,
+                            "confidence": result.confidence,
+                        }
+                        await publish(self.store, published_to, Event(ev.COHORT_MESSAGE, message, idem=idem))
                     await self.log.emit(
                         Event(
                             ev.STEP_OUTPUT,
@@ -423,9 +492,11 @@ class Runner:
         """Each agent's confidence history, across runs: `confidence/<step>` (see `parallax agents`)."""
         assert step.agent is not None
         model = self.state.steps[step.id].escalated_model or step.agent.model or step.agent.kind
-        entry = {"run": self.run_id, "confidence": confidence, "model": model, "attempt": attempt}
-        headers, body = Event("agent.confidence", entry, step=step.id, agent=step.id).encode()
-        await self.store.append(f"confidence/{step.id}", AppendInput([AppendRecord(body=body, headers=headers)]))
+        entry = {"run": self.run_id, "step": step.id, "confidence": confidence, "model": model, "attempt": attempt}
+        headers, body = Event("agent.confidence", entry, step=step.id, agent=step.agent_name).encode()
+        await self.store.append(
+            f"confidence/{step.agent_name}", AppendInput([AppendRecord(body=body, headers=headers)])
+        )
 
     async def _flush_quietly(self, log: AgentLog) -> None:
         with contextlib.suppress(Exception):
@@ -449,7 +520,7 @@ class Runner:
         ctx = AgentContext(
             run_id=self.run_id,
             step_id=step.id,
-            agent=step.id,
+            agent=step.agent_name,
             attempt=attempt,
             input=agent_input,
             prompt=prompt,

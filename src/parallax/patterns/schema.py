@@ -28,7 +28,14 @@ _agent: dict[str, Any] = {
     "additionalProperties": False,
     "description": "An agent: llm (default), python, command or cli.",
     "properties": {
-        "kind": {"enum": ["llm", "python", "command", "cli"], "default": "llm"},
+        "kind": {
+            "enum": ["llm", "python", "command", "cli", "breakout"],
+            "default": "llm",
+            "description": "breakout: run another pattern (`pattern:`) as a sub-run on its own streams",
+        },
+        "role": {"type": "string", "pattern": NAME, "description": "take defaults from `roles.<name>`"},
+        "pattern": {"type": "string", "description": "breakout: the pattern file to run, relative to this one"},
+        "inputs": {"type": "object", "description": "breakout: inputs for the sub-run ({{...}} templates allowed)"},
         "prompt": {"type": "string", "description": "A template: {{input.x}}, {{steps.<id>.output}}"},
         "output": {"type": "string", "description": "An inline type name from `types`, or module:Class"},
         "model": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+:.+$|^test$"},
@@ -58,6 +65,104 @@ _agent: dict[str, Any] = {
         },
     },
 }
+
+_role: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "Defaults for the agents that name this role; in an orgchart, a position.",
+    "properties": {
+        **{
+            k: _agent["properties"][k]
+            for k in (
+                "kind",
+                "model",
+                "base_url",
+                "instructions",
+                "preset",
+                "env",
+                "settings",
+                "timeout_s",
+                "retry",
+                "confidence",
+                "output",
+            )
+        },
+        "reports_to": {"type": "string", "pattern": NAME},
+        "instances": {
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": 64},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["max"],
+                    "properties": {
+                        "min": {"type": "integer", "minimum": 1},
+                        "max": {"type": "integer", "minimum": 1, "maximum": 64},
+                    },
+                },
+            ],
+        },
+    },
+}
+
+_approval: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["after"],
+    "properties": {
+        "after": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": NAME}},
+        "prompt": {"type": "string"},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "on_timeout": {"enum": ["reject", "approve"]},
+    },
+}
+
+_stage: dict[str, Any] = {
+    "type": "object",
+    "minProperties": 1,
+    "maxProperties": 1,
+    "description": "One org-chart step: assign, parallel, review, approve or aggregate.",
+    "properties": {
+        "assign": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["from", "to"],
+            "properties": {
+                "from": {"type": "string"},
+                "to": {"type": "string"},
+                "prompt": {"type": "string"},
+                "work": {"type": "string"},
+            },
+        },
+        "parallel": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["role"],
+            "properties": {"role": {"type": "string"}, "prompt": {"type": "string"}},
+        },
+        "review": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["by"],
+            "properties": {"by": {"type": "string"}, "prompt": {"type": "string"}},
+        },
+        "approve": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["by"],
+            "properties": {"by": {"type": "string"}, "prompt": {"type": "string"}},
+        },
+        "aggregate": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["by"],
+            "properties": {"by": {"type": "string"}, "prompt": {"type": "string"}, "output": {"type": "string"}},
+        },
+    },
+    "additionalProperties": False,
+}
+
+_threshold: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
 
 _rule: dict[str, Any] = {
     "type": "object",
@@ -90,11 +195,65 @@ PATTERN_SCHEMA: dict[str, Any] = {
     "title": "Parallax pattern",
     "type": "object",
     "additionalProperties": False,
-    "required": ["pattern", "name", "agents"],
+    "required": ["pattern", "name"],
     "properties": {
-        "pattern": {"enum": ["fanout", "pipeline", "vote"], "description": "fanout: all agents at once, then a merge; "
+        "pattern": {"enum": ["fanout", "pipeline", "vote", "review", "consensus", "cascade", "mapreduce", "cohorts",
+                             "orgchart"],
+                    "description": "fanout: all agents at once, then a merge; "
                     "pipeline: agents in order, each after the one before (or as `after` says); "
-                    "vote: all agents at once, then a vote over one field"},
+                    "vote: all agents at once, then a vote over one field; "
+                    "review: an author, read-only reviewers, revisions until approved; "
+                    "consensus: vote rounds until agreement; cascade: cheapest agent first, escalating; "
+                    "mapreduce: one agent per item, then a reduce; cohorts: isolated cohorts and a moderator; "
+                    "orgchart: roles reporting to each other, a workflow, escalation up the chain"},
+        "roles": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _role},
+        "approvals": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _approval,
+                      "description": "approval gates: the run waits for `parallax approve RUN NAME`"},
+        "review": {"type": "object", "additionalProperties": False,
+                   "properties": {"author": {"type": "string"}, "approve_at": _threshold,
+                                  "max_rounds": {"type": "integer", "minimum": 1, "maximum": 20}}},
+        "consensus": {"type": "object", "additionalProperties": False, "required": ["field"],
+                      "properties": {"field": {"type": "string", "pattern": FIELD_PATH}, "threshold": _threshold,
+                                     "max_rounds": {"type": "integer", "minimum": 1, "maximum": 20},
+                                     "weighted": {"type": "boolean"}}},
+        "cascade": {"type": "object", "additionalProperties": False, "required": ["threshold"],
+                    "properties": {"threshold": _threshold}},
+        "map": {"type": "object", "additionalProperties": False, "required": ["over", "agent"],
+                "properties": {"over": {"type": "string", "pattern": r"^(input|steps)\.[\w.\-]+$"},
+                               "agent": {"type": "string"}, "reduce": {"type": "string"},
+                               "max_items": {"type": "integer", "minimum": 1}}},
+        "cohorts": {
+            "type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME},
+            "additionalProperties": {
+                "type": "object", "additionalProperties": False, "required": ["agents"],
+                "properties": {"brief": {"type": "string"}, "agents": {
+                    "type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME},
+                    "additionalProperties": _agent}},
+            },
+        },
+        "moderator": {
+            "type": "object", "additionalProperties": False, "required": ["phases"],
+            "properties": {
+                **{k: _agent["properties"][k] for k in ("model", "base_url", "instructions", "prompt", "timeout_s",
+                                                          "role")},
+                "phases": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {"name": {"type": "string", "pattern": NAME}, "prompt": {"type": "string"}}}},
+                "rounds_per_phase": {"type": "integer", "minimum": 1, "maximum": 100},
+                "max_rounds": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "cadence": {"type": "integer", "minimum": 1},
+                "max_messages": {"type": "integer", "minimum": 1},
+                "turn_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            },
+        },
+        "synthesis": {"type": "object", "additionalProperties": False,
+                      "properties": {"prompt": {"type": "string"}, "output": {"type": "string"},
+                                     "model": _agent["properties"]["model"], "instructions": {"type": "string"}}},
+        "workflow": {"type": "array", "minItems": 1, "items": _stage},
+        "escalation": {"type": "object", "additionalProperties": False,
+                       "properties": {"below": _threshold,
+                                      "max_depth": {"type": "integer", "minimum": 0, "maximum": 10},
+                                      "user_timeout_s": {"type": "number", "exclusiveMinimum": 0}}},
         "vote": {
             "type": "object",
             "additionalProperties": False,

@@ -21,23 +21,13 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from parallax.agents.refs import resolve_ref
 from parallax.core.errors import PlanError
-from parallax.core.plan import (
-    AgentSpec,
-    Budget,
-    ConfidencePolicy,
-    MergeSpec,
-    Plan,
-    RetryPolicy,
-    RuleSpec,
-    Step,
-    VoteSpec,
-    find_cycle,
-)
+from parallax.core.plan import Plan
 from parallax.core.types import build_type
+from parallax.patterns.compile import compile_document
 from parallax.patterns.schema import PATTERN_SCHEMA
 
 Path_ = tuple[str | int, ...]
@@ -142,7 +132,7 @@ def _expand_env(value: Any, path: Path_, where: Located, environ: Mapping[str, s
     return value
 
 
-def _relative_to(model: str | None, file: str) -> str | None:
+def relative_to(model: str | None, file: str) -> str | None:
     """`scripted:answers.json` in a pattern file means next to that file."""
     if model and model.startswith("scripted:") and not file.startswith("<"):
         answers = Path(model.removeprefix("scripted:"))
@@ -151,7 +141,7 @@ def _relative_to(model: str | None, file: str) -> str | None:
     return model
 
 
-def _output_ref(name: str | None, path: Path_, types: dict[str, dict[str, str]], where: Located) -> str | None:
+def output_ref(name: str | None, path: Path_, types: dict[str, dict[str, str]], where: Located) -> str | None:
     if name is None:
         return None
     if ":" in name:
@@ -185,101 +175,9 @@ def compile_pattern(
             build_type(type_name, types)
         except PlanError as e:
             raise where.error(("types", type_name), str(e)) from e
-    default_model = data.get("model")
-    plan_retry = RetryPolicy(**data["retry"]) if "retry" in data else RetryPolicy()
-    names = list(data["agents"])
-    steps: list[Step] = []
-    for index, (name, agent) in enumerate(data["agents"].items()):
-        path: Path_ = ("agents", name)
-        kind = agent.get("kind", "llm")
-        fields = {
-            k: agent[k]
-            for k in ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
-            if k in agent
-        }
-        if kind == "llm":
-            fields.setdefault("model", default_model)
-            fields["model"] = _relative_to(fields.get("model"), file)
-            if not fields.get("model"):
-                raise where.error(path, "an llm agent needs a model (here, or `model:` at the top)")
-        fields["env"] = tuple(agent.get("env", ()))
-        if "cache" in agent:
-            fields["cache"] = agent["cache"]
-        if data["pattern"] == "pipeline":
-            after = tuple(agent.get("after", [names[index - 1]] if index else []))
-        else:
-            after = tuple(agent.get("after", ()))
-        for i, dep in enumerate(after):
-            if dep not in data["agents"]:
-                raise where.error((*path, "after", i), f"unknown agent {dep!r} (agents: {', '.join(names)})")
-        try:
-            spec = AgentSpec.model_validate({"kind": kind, **fields})
-        except ValidationError as e:
-            raise where.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
-        steps.append(
-            Step(
-                id=name,
-                kind="agent",
-                agent=spec,
-                after=after,
-                prompt=agent.get("prompt"),
-                output=_output_ref(agent.get("output"), (*path, "output"), types, where),
-                timeout_s=agent.get("timeout_s", data.get("timeout_s")),
-                retry=RetryPolicy(**agent["retry"]) if "retry" in agent else plan_retry,
-                verify=agent.get("verify"),
-                reads=tuple(agent.get("reads", ())),
-                confidence=ConfidencePolicy(**agent["confidence"]) if "confidence" in agent else None,
-            )
-        )
-    cycle = find_cycle({s.id: s.after for s in steps})
-    if cycle:
-        raise where.error(("agents", cycle[0], "after"), f"the agents form a cycle: {' -> '.join(cycle)}")
-    if data["pattern"] == "vote":
-        if "vote" not in data:
-            raise where.error((), "a vote pattern needs `vote: {field: ..., weighted: ...}`")
-        voters = tuple(s.id for s in steps if not any(s.id in o.after for o in steps))
-        steps.append(Step(id="vote", kind="merge", after=voters, merge=MergeSpec(vote=VoteSpec(**data["vote"]))))
-    elif "merge" in data or data["pattern"] == "fanout":
-        merge = data.get("merge", {})
-        rules = []
-        for i, rule in enumerate(merge.get("rules", [])):
-            name = rule.get("name") or f"rule {i + 1}"
-            if "every" in rule:
-                spec_rule = {"name": name, "kind": "every", "each": rule["every"], "in": rule["within"]}
-            elif "disjoint" in rule:
-                spec_rule = {
-                    "name": name,
-                    "kind": "disjoint",
-                    "left": rule["disjoint"][0],
-                    "right": rule["disjoint"][1],
-                }
-            else:
-                spec_rule = {"name": name, "kind": "python", "ref": rule["python"]}
-            rules.append(RuleSpec.model_validate({**spec_rule, "message": rule.get("message")}))
-        merge_after = tuple(merge.get("after", [s.id for s in steps if not any(s.id in o.after for o in steps)]))
-        for i, dep in enumerate(merge_after):
-            if dep not in data["agents"]:
-                raise where.error(("merge", "after", i), f"unknown agent {dep!r}")
-        target = _output_ref(merge.get("into"), ("merge", "into"), types, where)
-        steps.append(
-            Step(
-                id="merge",
-                kind="merge",
-                after=merge_after,
-                merge=MergeSpec(target=target, rules=tuple(rules), ignore=tuple(merge.get("ignore", ()))),
-            )
-        )
-    try:
-        return Plan(
-            name=data["name"],
-            steps=tuple(steps),
-            inputs={**data.get("inputs", {}), **(inputs or {})},
-            concurrency=data.get("concurrency", 64),
-            budget=Budget(**data.get("budget", {})),
-            types=types,
-        )
-    except ValidationError as e:
-        raise where.error((), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
+    if inputs:
+        data["inputs"] = {**data.get("inputs", {}), **inputs}
+    return compile_document(data, where, file, types)
 
 
 def load_pattern(path: str | Path, inputs: Mapping[str, Any] | None = None) -> Plan:
