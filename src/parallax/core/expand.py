@@ -235,7 +235,8 @@ def _map(step: Step, state: RunState) -> Expansion:
     template = step.control.templates[0]
     role = str(template["role"])
     mapped = [
-        make_step(template, f"{role}.{i}", (*step.after, step.id), input={"item": item, "index": i}) for i, item in enumerate(items)
+        make_step(template, f"{role}.{i}", (*step.after, step.id), input={"item": item, "index": i})
+        for i, item in enumerate(items)
     ]
     rewire = {step.id: [s.id for s in mapped]} if mapped else {}
     return Expansion(output={"items": len(items), "steps": [s.id for s in mapped]}, add=mapped, rewire=rewire)

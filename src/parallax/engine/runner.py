@@ -33,7 +33,15 @@ from parallax.agents.refs import resolve_model, resolve_ref
 from parallax.core import events as ev
 from parallax.core.confidence import check_confidence
 from parallax.core.conflicts import Conflict
-from parallax.core.errors import AgentFailed, AgentTimeout, Fenced, InvalidOutput, LowConfidence, PlanError
+from parallax.core.errors import (
+    AgentFailed,
+    AgentTimeout,
+    Fenced,
+    InvalidOutput,
+    LowConfidence,
+    PlanError,
+    TemplateError,
+)
 from parallax.core.events import Event
 from parallax.core.expand import cohort_stream
 from parallax.core.grants import Grants
@@ -255,6 +263,19 @@ class Runner:
                 steps[spec.role] = entry
             if spec.kind in ("agent", "merge", "subrun") and dep_state.status == "succeeded":
                 upstream.append(dep_state.output)
+        # Earlier steps further up the graph are there too (`steps.draft` after an approval gate).
+        stack = [d for dep in step.after for d in self._steps[dep].after]
+        while stack:
+            ancestor = stack.pop()
+            if ancestor in steps:
+                continue
+            anc_state = self.state.steps[ancestor]
+            entry = {"output": anc_state.output, "confidence": anc_state.confidence, "status": anc_state.status}
+            steps[ancestor] = entry
+            role = self._steps[ancestor].role
+            if role and role not in steps:
+                steps[role] = entry
+            stack.extend(self._steps[ancestor].after)
         return {
             "input": {**self.plan.inputs, **step.input},
             "steps": steps,
@@ -345,7 +366,11 @@ class Runner:
                 return
         if step.cohort or step.reads:
             context.update(await stream_context(self.store, self._grants(step), self.run_id, step))
-        prompt = render(step.prompt, context) if step.prompt else None
+        try:
+            prompt = render(step.prompt, context) if step.prompt else None
+        except TemplateError as e:
+            await self.log.emit(Event(ev.STEP_FAILED, {"error": f"prompt: {e}", "final": True}, step=step.id))
+            return
         agent_input = {"input": context["input"], "upstream": {k: v["output"] for k, v in context["steps"].items()}}
         if step.output:
             resolve_model(
