@@ -122,3 +122,27 @@ async def side_effect(ctx: AgentContext) -> dict[str, Any]:
         f.write(f"{ctx.step_id} {os.getpid()}\n")
     await asyncio.sleep(float(ctx.input["input"].get("sleep", 0.02)))
     return {"step": ctx.step_id, "value": len(ctx.step_id)}
+
+
+async def peek(ctx: AgentContext) -> dict[str, Any]:
+    """A cohort member that tries to read its own cohort's stream and every other cohort's."""
+    from parallax.core.errors import GrantDenied
+
+    mine = ctx.step_id.split(".")[0]
+    own = f"runs/{ctx.run_id}/cohorts/{mine}"
+    seen: dict[str, Any] = {"own": len(await ctx.read(own)) if ctx.grants.may_read(own) else "no grant"}
+    for other in [c for c in ctx.input["input"]["cohorts"] if c != mine]:
+        try:
+            seen[other] = len(await ctx.read(f"runs/{ctx.run_id}/cohorts/{other}"))
+        except GrantDenied as e:
+            seen[other] = f"denied: {e}"
+    await asyncio.sleep(float(ctx.input["input"].get("sleep", 0)))
+    return {"position": json.dumps(seen, sort_keys=True), "reasoning": ctx.prompt or "", "confidence": 0.5}
+
+
+async def moderator_script(ctx: AgentContext) -> dict[str, Any]:
+    """A moderator whose decisions come from `input.decisions`, one per moderator round (by the
+    step id `moderator.<n>`); `continue` when the script runs out."""
+    n = int(ctx.step_id.rsplit(".", 1)[1])
+    decisions = ctx.input["input"].get("decisions", [])
+    return decisions[n - 1] if n <= len(decisions) else {"actions": [{"action": "continue"}]}

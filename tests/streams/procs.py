@@ -16,7 +16,7 @@ async def race(db: str, stream: str, rounds: int, me: str, go: str) -> None:
     Prints `ready` first and starts only once the file `go` exists, so every racer starts together."""
     async with SqliteStore(db) as store:
         print("ready", flush=True)
-        while not os.path.exists(go):  # noqa: ASYNC240 - a start barrier, not I/O worth offloading
+        while not os.path.exists(go):
             await asyncio.sleep(0.001)
         while True:
             tail = (await store.check_tail(stream)).seq_num

@@ -147,9 +147,15 @@ class AgentContext:
         self._log.write(event_type, data)
 
     async def read(self, stream: str, start: int = 0) -> list[Record]:
-        """Every record of a granted stream from `start`. Raises GrantDenied otherwise."""
+        """Every record of a granted stream from `start` (none if nobody has written it yet).
+        Raises GrantDenied for a stream not granted."""
+        from parallax.core.errors import StreamNotFound
+
         self.grants.check_read(stream)
-        return await self._store.read_all(stream, start)
+        try:
+            return await self._store.read_all(stream, start)
+        except StreamNotFound:
+            return []
 
     def input_json(self) -> str:
         return json.dumps(self.input, ensure_ascii=False, default=str)

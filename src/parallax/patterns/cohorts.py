@@ -51,6 +51,9 @@ The work:
 {{input.work}}"""
 
 _ORG_KEYS = ("reports_to", "instances")
+# What of `moderator:` describes the agent that moderates (the rest is cadence and limits).
+_AGENT_KEYS = ("kind", "model", "base_url", "instructions", "prompt", "timeout_s", "role", "ref", "command", "preset",
+               "env", "settings")  # fmt: skip
 
 
 def compile_cohorts(c: Compiler) -> list[Step]:
@@ -97,9 +100,7 @@ def compile_cohorts(c: Compiler) -> list[Step]:
                     }
                 )
             )
-    mod_agent = {
-        k: v for k, v in moderator.items() if k in ("model", "base_url", "instructions", "prompt", "timeout_s", "role")
-    }
+    mod_agent = {k: v for k, v in moderator.items() if k in _AGENT_KEYS}
     mod = c.agent_step(
         "moderator", mod_agent, ("moderator",), role="moderator",
         default_output=actions.ref(actions.ModeratorDecision), default_prompt=MODERATOR_PROMPT,

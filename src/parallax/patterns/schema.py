@@ -234,8 +234,9 @@ PATTERN_SCHEMA: dict[str, Any] = {
         "moderator": {
             "type": "object", "additionalProperties": False, "required": ["phases"],
             "properties": {
-                **{k: _agent["properties"][k] for k in ("model", "base_url", "instructions", "prompt", "timeout_s",
-                                                          "role")},
+                **{k: _agent["properties"][k] for k in ("kind", "model", "base_url", "instructions", "prompt",
+                                                          "timeout_s", "role", "ref", "command", "preset", "env",
+                                                          "settings")},
                 "phases": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "additionalProperties": False, "required": ["name"],
                     "properties": {"name": {"type": "string", "pattern": NAME}, "prompt": {"type": "string"}}}},
