@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,9 @@ async def peek(ctx: AgentContext) -> dict[str, Any]:
         except GrantDenied as e:
             seen[other] = f"denied: {e}"
     await asyncio.sleep(float(ctx.input["input"].get("sleep", 0)))
-    return {"position": json.dumps(seen, sort_keys=True), "reasoning": ctx.prompt or "", "confidence": 0.5}
+    # What it was told, less the other members' turns (echoing those would grow every prompt).
+    told = [line for line in (ctx.prompt or "").splitlines() if not re.match(r"^\[\d+\] p[a-z]+, round", line)]
+    return {"position": json.dumps(seen, sort_keys=True), "reasoning": "\n".join(told), "confidence": 0.5}
 
 
 async def moderator_script(ctx: AgentContext) -> dict[str, Any]:

@@ -36,7 +36,9 @@ def _who(by: str | None) -> str:
     return by or os.environ.get("USER") or "someone"
 
 
-def _submit(ctx: click.Context, run_id: str, action: dict[str, Any], by: str | None, wait: float) -> None:
+def _submit(ctx: click.Context, action: dict[str, Any], by: str | None, wait: float) -> None:
+    run_id: str = ctx.meta["parallax.run_id"]
+
     async def go(store: StreamStore) -> tuple[int, str | None]:
         seq = await live.request_topology(store, run_id, action, f"user:{_who(by)}")
         outcome = await live.wait_applied(store, run_id, seq, wait) if wait > 0 else None
@@ -53,7 +55,6 @@ def _submit(ctx: click.Context, run_id: str, action: dict[str, Any], by: str | N
 
 
 _common = [
-    click.argument("run_id"),
     click.option("--by", default=None, help="Who asks (default: $USER)."),
     click.option("--wait", type=float, default=0.0, help="Wait up to this many seconds for the outcome."),
 ]
@@ -66,17 +67,21 @@ def _with_common(fn: Any) -> Any:
 
 
 @click.group()
-def topology() -> None:
-    """Change a live cohorts run: applied at its next decision, recorded on its control stream."""
+@click.argument("run_id")
+@click.pass_context
+def topology(ctx: click.Context, run_id: str) -> None:
+    """Change live cohorts run RUN_ID: applied at its next decision, recorded on its control
+    stream (`parallax topology RUN stop COHORT`)."""
+    ctx.meta["parallax.run_id"] = run_id
 
 
 @topology.command("stop")
 @_with_common
 @click.argument("stream")
 @click.pass_context
-def topo_stop(ctx: click.Context, run_id: str, by: str | None, wait: float, stream: str) -> None:
+def topo_stop(ctx: click.Context, by: str | None, wait: float, stream: str) -> None:
     """A cohort takes no more turns."""
-    _submit(ctx, run_id, {"action": "stop", "stream": stream}, by, wait)
+    _submit(ctx, {"action": "stop", "stream": stream}, by, wait)
 
 
 @topology.command("fork")
@@ -85,14 +90,12 @@ def topo_stop(ctx: click.Context, run_id: str, by: str | None, wait: float, stre
 @click.argument("into")
 @click.option("--at", type=int, default=None, help="Copy records below this seq (default: all).")
 @click.pass_context
-def topo_fork(
-    ctx: click.Context, run_id: str, by: str | None, wait: float, stream: str, into: str, at: int | None
-) -> None:
+def topo_fork(ctx: click.Context, by: str | None, wait: float, stream: str, into: str, at: int | None) -> None:
     """Copy a cohort's stream into a new cohort with the same members."""
     action: dict[str, Any] = {"action": "fork", "stream": stream, "into": into}
     if at is not None:
         action["at"] = at
-    _submit(ctx, run_id, action, by, wait)
+    _submit(ctx, action, by, wait)
 
 
 @topology.command("merge")
@@ -100,11 +103,9 @@ def topo_fork(
 @click.argument("into")
 @click.argument("streams", nargs=-1, required=True)
 @click.pass_context
-def topo_merge(
-    ctx: click.Context, run_id: str, by: str | None, wait: float, into: str, streams: tuple[str, ...]
-) -> None:
+def topo_merge(ctx: click.Context, by: str | None, wait: float, into: str, streams: tuple[str, ...]) -> None:
     """Fold two or more cohorts into a new one (conflicts recorded where their positions differ)."""
-    _submit(ctx, run_id, {"action": "merge", "into": into, "streams": list(streams)}, by, wait)
+    _submit(ctx, {"action": "merge", "into": into, "streams": list(streams)}, by, wait)
 
 
 @topology.command("breakout")
@@ -116,7 +117,6 @@ def topo_merge(
 @click.pass_context
 def topo_breakout(
     ctx: click.Context,
-    run_id: str,
     by: str | None,
     wait: float,
     name: str,
@@ -126,7 +126,7 @@ def topo_breakout(
 ) -> None:
     """Open a breakout room: its own stream, members, prompt, and what it may read."""
     action = {"action": "breakout", "name": name, "prompt": prompt, "agents": list(agents), "reads": list(reads)}
-    _submit(ctx, run_id, action, by, wait)
+    _submit(ctx, action, by, wait)
 
 
 @topology.command("rewire")
@@ -134,11 +134,9 @@ def topo_breakout(
 @click.argument("cohort")
 @click.option("--reads", multiple=True, help="Another cohort it may read (none: isolated again).")
 @click.pass_context
-def topo_rewire(
-    ctx: click.Context, run_id: str, by: str | None, wait: float, cohort: str, reads: tuple[str, ...]
-) -> None:
+def topo_rewire(ctx: click.Context, by: str | None, wait: float, cohort: str, reads: tuple[str, ...]) -> None:
     """Change which other cohorts a cohort may read."""
-    _submit(ctx, run_id, {"action": "rewire", "cohort": cohort, "reads": list(reads)}, by, wait)
+    _submit(ctx, {"action": "rewire", "cohort": cohort, "reads": list(reads)}, by, wait)
 
 
 @topology.command("steer")
@@ -146,34 +144,34 @@ def topo_rewire(
 @click.argument("to")
 @click.argument("text")
 @click.pass_context
-def topo_steer(ctx: click.Context, run_id: str, by: str | None, wait: float, to: str, text: str) -> None:
+def topo_steer(ctx: click.Context, by: str | None, wait: float, to: str, text: str) -> None:
     """Say something to a cohort (or `all`) in its next round's prompt."""
-    _submit(ctx, run_id, {"action": "steer", "to": to, "text": text}, by, wait)
+    _submit(ctx, {"action": "steer", "to": to, "text": text}, by, wait)
 
 
 @topology.command("phase")
 @_with_common
 @click.argument("phase", required=False)
 @click.pass_context
-def topo_phase(ctx: click.Context, run_id: str, by: str | None, wait: float, phase: str | None) -> None:
+def topo_phase(ctx: click.Context, by: str | None, wait: float, phase: str | None) -> None:
     """Move to the next phase, or the named one."""
-    _submit(ctx, run_id, {"action": "start_phase", "phase": phase}, by, wait)
+    _submit(ctx, {"action": "start_phase", "phase": phase}, by, wait)
 
 
 @topology.command("wrap-up")
 @_with_common
 @click.pass_context
-def topo_wrap_up(ctx: click.Context, run_id: str, by: str | None, wait: float) -> None:
+def topo_wrap_up(ctx: click.Context, by: str | None, wait: float) -> None:
     """One more round, then the synthesis."""
-    _submit(ctx, run_id, {"action": "wrap_up"}, by, wait)
+    _submit(ctx, {"action": "wrap_up"}, by, wait)
 
 
 @topology.command("conclude")
 @_with_common
 @click.pass_context
-def topo_conclude(ctx: click.Context, run_id: str, by: str | None, wait: float) -> None:
+def topo_conclude(ctx: click.Context, by: str | None, wait: float) -> None:
     """Write the synthesis at the next decision."""
-    _submit(ctx, run_id, {"action": "conclude"}, by, wait)
+    _submit(ctx, {"action": "conclude"}, by, wait)
 
 
 @click.command()
@@ -199,6 +197,7 @@ def message(ctx: click.Context, run_id: str, target: str, text: str, by: str | N
 @click.option("--agent", "preset", default=None, help="Attach an external agent (a cli preset) instead of typing.")
 @click.option("--model", default=None, help="The external agent's model.")
 @click.option("--max-turns", type=int, default=10, show_default=True, help="External agent: at most this many replies.")
+@click.option("--env", "granted", multiple=True, help="External agent: an environment variable it may see (by name).")
 @click.pass_context
 def join(
     ctx: click.Context,
@@ -208,6 +207,7 @@ def join(
     preset: str | None,
     model: str | None,
     max_turns: int,
+    granted: tuple[str, ...],
 ) -> None:
     """Take part in one cohort of a live run: its messages stream here, your lines go to it.
     Ends when the run finishes or your input closes. With --agent, an external agent process
@@ -216,7 +216,7 @@ def join(
     async def go(store: StreamStore) -> None:
         await live.check_cohort(store, run_id, cohort)
         if preset is not None:
-            await _agent_loop(store, run_id, cohort, preset, model, max_turns)
+            await _agent_loop(store, run_id, cohort, preset, model, max_turns, granted)
         else:
             await _human_loop(store, run_id, cohort, f"human:{_who(name)}")
 
@@ -266,7 +266,9 @@ async def _human_loop(store: StreamStore, run_id: str, cohort: str, who: str) ->
             typist.cancel()  # the executor thread stays blocked on stdin until the process exits
 
 
-async def _agent_loop(store: StreamStore, run_id: str, cohort: str, preset: str, model: str | None, turns: int) -> None:
+async def _agent_loop(
+    store: StreamStore, run_id: str, cohort: str, preset: str, model: str | None, turns: int, granted: tuple[str, ...]
+) -> None:
     """An external agent in a cohort: after each new batch of its members' messages, the agent
     reads the cohort's transcript and posts one reply."""
     from parallax.agents.base import AgentContext, AgentLog, BudgetView
@@ -317,7 +319,7 @@ async def _agent_loop(store: StreamStore, run_id: str, cohort: str, preset: str,
                 budget=BudgetView(),
                 deadline=None,
                 cancelled=asyncio.Event(),
-                env=agent_environment(()),
+                env=agent_environment(granted),
             )
             try:
                 result = await agent.run(ctx)

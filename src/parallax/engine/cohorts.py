@@ -18,6 +18,9 @@ from parallax.core.plan import Step
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 
+MESSAGE_CHARS = 4000  # of one message, in a transcript
+
+
 def inbox_stream(run_id: str, target: str) -> str:
     return f"runs/{run_id}/inbox/{target}"
 
@@ -43,6 +46,8 @@ def transcript(events: list[Event]) -> str:
         who = event.data.get("from", "?")
         where = f", round {event.data['round']}" if event.data.get("round") is not None else ""
         text = event.data.get("text") or text_of(event.data.get("output"))
+        if len(text) > MESSAGE_CHARS:  # keep every prompt bounded however long a turn was
+            text = f"{text[:MESSAGE_CHARS]}... ({len(text) - MESSAGE_CHARS} more characters on the stream)"
         lines.append(f"[{event.seq_num}] {who}{where}: {text}")
     return "\n".join(lines) or "(nothing yet)"
 
