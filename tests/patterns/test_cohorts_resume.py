@@ -50,14 +50,16 @@ def parallax(db: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "parallax", "--store", f"sqlite://{db}", *args]
 
 
-async def control_tail(db: Path, run_id: str) -> int:
+async def outputs(db: Path, run_id: str) -> int:
+    """How many step outputs the run's log holds: progress, however many retries it took."""
     if not db.exists():
         return 0
     async with SqliteStore(db) as store:
         try:
-            return (await store.check_tail(f"runs/{run_id}/control")).seq_num
+            records = await store.read_all(f"runs/{run_id}/control")
         except StreamNotFound:
             return 0
+    return sum(1 for r in records if (b"type", b"step.output") in r.headers)
 
 
 async def final_view(db: Path, run_id: str) -> dict[str, Any]:
@@ -97,13 +99,12 @@ def test_moderator_resumes_mid_run_with_the_same_state(tmp_path: Path) -> None:
     kills = 0
     command = parallax(db, "run", str(pattern), "--run-id", "r", "--quiet")
     for _ in range(80):
-        before = asyncio.run(control_tail(db, "r"))
-        target = before + 2 + rng.randint(1, 6)  # past the fence and run.resumed, a few records more
+        target = asyncio.run(outputs(db, "r")) + rng.randint(1, 4)  # kill after a few more steps finish
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while process.poll() is None and time.monotonic() < deadline:
-            if asyncio.run(control_tail(db, "r")) >= target:
-                time.sleep(rng.uniform(0, 0.02))
+            if asyncio.run(outputs(db, "r")) >= target:
+                time.sleep(rng.uniform(0, 0.03))
                 break
             time.sleep(0.005)
         if process.poll() is None:
@@ -117,7 +118,7 @@ def test_moderator_resumes_mid_run_with_the_same_state(tmp_path: Path) -> None:
             break
         command = parallax(db, "resume", "r", "--quiet")
     crashed = asyncio.run(final_view(db, "r"))
-    assert kills >= 8, f"only {kills} kills landed mid-run"
+    assert kills >= 5, f"only {kills} kills landed mid-run"
     assert crashed["status"] == "succeeded"
     assert crashed["steps"] == reference["steps"]
     assert crashed["sessions"] == reference["sessions"]

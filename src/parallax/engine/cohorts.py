@@ -17,7 +17,6 @@ from parallax.core.grants import Grants
 from parallax.core.plan import Step
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
-
 MESSAGE_CHARS = 4000  # of one message, in a transcript
 
 
