@@ -149,3 +149,13 @@ async def moderator_script(ctx: AgentContext) -> dict[str, Any]:
     n = int(ctx.step_id.rsplit(".", 1)[1])
     decisions = ctx.input["input"].get("decisions", [])
     return decisions[n - 1] if n <= len(decisions) else {"actions": [{"action": "continue"}]}
+
+
+async def answer(ctx: AgentContext) -> Any:
+    """Returns `input.answers[<step id>]` (or `input.answers[<agent name>]`): a scripted agent."""
+    answers = ctx.input["input"]["answers"]
+    if ctx.step_id in answers:
+        return answers[ctx.step_id]
+    if ctx.agent in answers:
+        return answers[ctx.agent]
+    raise AgentFailed(f"no scripted answer for {ctx.step_id}", retryable=False)

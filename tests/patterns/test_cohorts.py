@@ -64,7 +64,7 @@ def test_a_cohort_cannot_read_another_until_rewired(tmp_path: Path) -> None:
     assert first_a["b"].startswith("denied") and "runs/c/cohorts/b" in first_a["b"]
     assert first_b["a"].startswith("denied")
     second_a, second_b = seen_by(state, "a.pa.2"), seen_by(state, "b.pb.2")
-    assert second_a["b"] == 1  # granted by the rewire: b's round-1 turn
+    assert second_a["b"] in (1, 2)  # granted by the rewire: b's round-1 turn (and round 2's, if it was first)
     assert second_a["own"] == 1
     assert second_b["a"].startswith("denied")  # rewiring a did not open a to b
     # the prompts follow the grants too: b's words never reach a's first prompt

@@ -105,3 +105,29 @@ def test_vote_pattern_needs_a_vote_section() -> None:
     text = "pattern: vote\nname: v\nmodel: test\nagents:\n  a: {}\n"
     with pytest.raises(PlanError, match="a vote pattern needs `vote:"):
         compile_pattern(text, "v.yaml")
+
+
+def test_model_defaults_per_pattern_role_and_agent() -> None:
+    text = (
+        "pattern: fanout\nname: r\nmodel: openai:gpt-5-mini\n"
+        "roles:\n  critic:\n    model: anthropic:claude-sonnet-4-5\n    instructions: be harsh\n"
+        "    confidence: {accept: 0.6}\n"
+        "agents:\n  plain: {}\n  critic1: {role: critic}\n  critic2: {role: critic, model: openai:gpt-5}\n"
+    )
+    plan = compile_pattern(text, "r.yaml")
+    models = {s.id: s.agent.model for s in plan.steps if s.agent}
+    assert models == {"plain": "openai:gpt-5-mini", "critic1": "anthropic:claude-sonnet-4-5", "critic2": "openai:gpt-5"}
+    critic = plan.step("critic1")
+    assert critic.agent is not None and critic.agent.instructions == "be harsh"
+    assert critic.confidence is not None and critic.confidence.accept == 0.6
+    assert plan.step("plain").confidence is None
+
+
+@pytest.mark.parametrize(
+    "name", ["review", "consensus", "cascade", "mapreduce", "research", "orgchart", "breakout", "approval"]
+)
+def test_every_builtin_example_compiles_to_the_same_hash(name: str) -> None:
+    path = ROOT / "examples" / f"{name}.yaml"
+    assert load_target(str(path)).content_hash() == load_target(str(path)).content_hash()
+    compiled = CliRunner().invoke(cli, ["compile", str(path)])
+    assert compiled.exit_code == 0, compiled.output

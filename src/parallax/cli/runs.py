@@ -127,7 +127,7 @@ def run(
     as_json: bool,
     output: str | None,
 ) -> None:
-    """Run TARGET (file.py:attr returning a Plan) and follow it live."""
+    """Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."""
     plan = load_target(target, parse_inputs(inputs, input_files))
     console = Console(stderr=as_json)
 
@@ -264,6 +264,24 @@ def inspect(ctx: click.Context, run_id: str, as_json: bool) -> None:
             f"{' (cached)' if step['cached'] else ''} {escape(detail)}",
             highlight=False,
         )
+    session = state.sessions.get("moderator")
+    if session is not None:
+        console.print(
+            f"cohorts: {', '.join(session['active']) or 'none active'} (all: {', '.join(session['members'])}); "
+            f"round {session['rounds']}{', concluded' if session['concluded'] else ''}",
+            highlight=False,
+        )
+        for line in session["log"][-10:]:
+            console.print(f"  {escape(line)}", highlight=False)
+    for request in view["requests"]:
+        console.print(
+            f"request {request['seq']} by {request.get('by')}: {request.get('action', {}).get('action')} -> "
+            f"{escape(request['outcome'])}",
+            highlight=False,
+        )
+    if state.divergence is not None and state.divergence.get("divergence") is not None:
+        pairs = ", ".join(f"{k} {v:.2f}" for k, v in state.divergence["similarity"].items())
+        console.print(f"divergence {state.divergence['divergence']:.2f} (similarity: {pairs})", highlight=False)
     print_summary(console, state)
     if state.result is not None:
         text = json.dumps(state.result, indent=2, ensure_ascii=False, default=str)
@@ -306,9 +324,14 @@ def compile(target: str, inputs: tuple[str, ...], as_json: bool) -> None:
             detail = f"{step.agent.kind} {what}"
         elif step.merge is not None:
             detail = f"merge into {step.merge.target or 'a document'}, {len(step.merge.rules)} rule(s)"
-        else:
-            assert step.gate is not None
+        elif step.gate is not None:
             detail = f"gate {step.gate.kind}"
+        elif step.control is not None:
+            templates = ", ".join(str(t.get("role") or t.get("id")) for t in step.control.templates)
+            detail = f"control {step.control.kind}" + (f" (adds steps from: {templates})" if templates else "")
+        else:
+            assert step.subrun is not None
+            detail = f"sub-run of plan {step.subrun.plan.get('name')}"
         extra = f" -> {step.output}" if step.output else ""
         timeout = f" timeout {step.timeout_s:g}s" if step.timeout_s else ""
         click.echo(f"  {step.id:<16} {detail}{extra}{after}{timeout}")

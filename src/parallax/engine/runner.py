@@ -585,6 +585,10 @@ class Runner:
                 own = getattr(model, "confidence", None)
                 if isinstance(own, int | float):
                     result = AgentResult(result.output, float(own), result.usage, model)
+        elif result.confidence is None and isinstance(result.output, dict):
+            own = result.output.get("confidence")  # an untyped answer may still say how sure it is
+            if isinstance(own, int | float) and not isinstance(own, bool) and 0.0 <= own <= 1.0:
+                result = AgentResult(result.output, float(own), result.usage, result.model)
         if step.verify:
             result = await self._verify(step, ctx, result)
         return result

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 _AGENT_FIELDS = ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
 _ROLE_DEFAULTS = ("kind", "model", "base_url", "instructions", "preset", "env", "settings", "timeout_s", "retry",
-                  "confidence", "output")  # fmt: skip
+                  "confidence", "output", "ref", "command")  # fmt: skip
 
 
 class Compiler:

@@ -75,6 +75,8 @@ _role: dict[str, Any] = {
             k: _agent["properties"][k]
             for k in (
                 "kind",
+                "ref",
+                "command",
                 "model",
                 "base_url",
                 "instructions",
