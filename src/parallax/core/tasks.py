@@ -1,0 +1,307 @@
+"""The task graph of parallel coding: tasks, their legal transitions, claims with leases, and
+which tasks may run together. Pure: the board is a fold of `task.*` events, and every decision
+(`pick`) is a function of the board and the time it is given.
+
+States: pending (waiting on dependencies), ready, claimed (a worker holds a lease), running,
+succeeded, failed, blocked (a dependency failed or was cancelled), merged (integrated),
+cancelled. `pending`, `ready` and `blocked` are derived from the dependencies; the rest are
+recorded. A claim is a conditional append at the tail the claimer folded, so of two workers
+deciding on the same board exactly one claim lands; the loser re-reads and decides again.
+
+Invariants the fold keeps:
+- a task has at most one holder with a live lease: a claim is accepted only when the task is
+  claimable at the claim's own timestamp (nobody holds a live lease on it);
+- events from a worker that no longer holds the task (its lease expired and someone else
+  claimed it) are ignored, so a stale worker can never finish or renew someone else's claim;
+- two tasks whose write sets may touch the same path never hold live leases at once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from parallax.core.plan import AgentSpec, find_cycle
+
+TaskStatus = Literal["pending", "ready", "claimed", "running", "succeeded", "failed", "blocked", "merged", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"failed", "blocked", "merged", "cancelled"})
+DONE_FOR_DEPENDENTS: frozenset[str] = frozenset({"succeeded", "merged"})
+
+# Events on the run's control stream (`task` names the task in the data).
+TASK_CLAIMED = "task.claimed"
+TASK_HEARTBEAT = "task.heartbeat"
+TASK_STARTED = "task.started"
+TASK_SUCCEEDED = "task.succeeded"
+TASK_FAILED = "task.failed"
+TASK_RELEASED = "task.released"
+TASK_REQUEUED = "task.requeued"  # a contract it reads changed, or a reviewer sent it back
+TASK_MERGED = "task.merged"
+TASK_CANCELLED = "task.cancelled"
+TASK_EVENTS = frozenset(
+    {TASK_CLAIMED, TASK_HEARTBEAT, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED, TASK_RELEASED, TASK_REQUEUED,
+     TASK_MERGED, TASK_CANCELLED}
+)  # fmt: skip
+
+
+class TaskSpec(BaseModel):
+    """One unit of coding work. `writes` are globs relative to the repository root that bound
+    what the task may change; `reads` and `peers` what else it may look at; `contracts` are
+    files this task owns (the only task allowed to change them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]
+    prompt: str = ""
+    after: tuple[str, ...] = ()
+    writes: tuple[str, ...] = Field(min_length=1)
+    reads: tuple[str, ...] = ()
+    contracts: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    verify: str | None = None
+    agent: AgentSpec
+    network: bool = False
+    sandbox: bool = False
+    timeout_s: Annotated[float, Field(gt=0)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 2
+
+
+class TaskGraphSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tasks: tuple[TaskSpec, ...] = Field(min_length=1)
+    lease_s: Annotated[float, Field(gt=0)] = 30.0
+    workers: Annotated[int, Field(ge=1, le=256)] = 4
+    verify: str | None = None  # run on the integration branch after each merge
+    review: bool = False  # finished tasks wait for a person (`parallax review`) before merging
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskGraphSpec:
+        ids = [t.id for t in self.tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"task ids must be unique: {sorted({i for i in ids if ids.count(i) > 1})}")
+        known = set(ids)
+        for task in self.tasks:
+            for ref, kind in [*((d, "depends on") for d in task.after), *((p, "peers") for p in task.peers)]:
+                if ref not in known:
+                    raise ValueError(f"task {task.id!r} {kind} unknown task {ref!r}")
+        cycle = find_cycle({t.id: t.after for t in self.tasks})
+        if cycle:
+            raise ValueError(f"the tasks form a cycle: {' -> '.join(cycle)}")
+        owners: dict[str, str] = {}
+        for task in self.tasks:
+            for path in task.contracts:
+                if path in owners:
+                    raise ValueError(f"contract {path!r} has two owners: {owners[path]} and {task.id}")
+                owners[path] = task.id
+                if not any(fnmatch.fnmatchcase(path, g) for g in task.writes):
+                    raise ValueError(f"task {task.id!r} owns contract {path!r} but its write set does not cover it")
+        for task in self.tasks:
+            for path, owner in owners.items():
+                if owner != task.id and any(fnmatch.fnmatchcase(path, g) for g in task.writes):
+                    raise ValueError(
+                        f"task {task.id!r} may write {path!r}, a contract owned by {owner!r}: narrow its write set"
+                    )
+        return self
+
+    def task(self, task_id: str) -> TaskSpec:
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise KeyError(task_id)
+
+
+# Write sets
+
+
+def _static_prefix(glob: str) -> str:
+    for i, ch in enumerate(glob):
+        if ch in "*?[":
+            return glob[:i]
+    return glob
+
+
+def globs_may_overlap(a: str, b: str, files: Iterable[str] = ()) -> bool:
+    """Whether some path could match both globs: an existing file matching both, one glob
+    matching the other literally, or (conservatively) wildcards below a shared directory."""
+    if a == b or fnmatch.fnmatchcase(a, b) or fnmatch.fnmatchcase(b, a):
+        return True
+    if any(fnmatch.fnmatchcase(f, a) and fnmatch.fnmatchcase(f, b) for f in files):
+        return True
+    pa, pb = _static_prefix(a), _static_prefix(b)
+    wild_a, wild_b = pa != a, pb != b
+    if not (wild_a or wild_b):
+        return False  # two different literal paths
+    # A wildcard can stand for anything below its prefix: overlap unless the literal parts
+    # already disagree before either wildcard starts.
+    shorter = min(len(pa), len(pb))
+    return pa[:shorter] == pb[:shorter]
+
+
+def write_sets_overlap(a: Sequence[str], b: Sequence[str], files: Iterable[str] = ()) -> bool:
+    files = list(files)
+    return any(globs_may_overlap(x, y, files) for x in a for y in b)
+
+
+def in_write_set(path: str, writes: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, g) for g in writes)
+
+
+# The board
+
+
+@dataclass
+class TaskState:
+    id: str
+    status: TaskStatus = "pending"
+    holder: str | None = None
+    lease_until: int = 0  # ms since the epoch
+    attempt: int = 0
+    commit: str | None = None
+    changed: tuple[str, ...] = ()
+    error: str | None = None
+    base: str | None = None
+    claimed_at: int | None = None
+    finished_at: int | None = None
+    history: list[str] = field(default_factory=list[str])
+
+    def live(self, now_ms: int) -> bool:
+        return self.status in ("claimed", "running") and self.lease_until > now_ms
+
+
+@dataclass
+class TaskBoard:
+    spec: TaskGraphSpec
+    tasks: dict[str, TaskState] = field(default_factory=dict[str, TaskState])
+    ignored: int = 0  # events refused by the fold (stale workers, illegal transitions)
+
+    @classmethod
+    def of(cls, spec: TaskGraphSpec) -> TaskBoard:
+        board = cls(spec)
+        board.tasks = {t.id: TaskState(t.id) for t in spec.tasks}
+        board._derive()
+        return board
+
+    def _derive(self) -> None:
+        """pending / ready / blocked follow from the dependencies."""
+        changed = True
+        while changed:
+            changed = False
+            for spec in self.spec.tasks:
+                state = self.tasks[spec.id]
+                if state.status not in ("pending", "ready", "blocked"):
+                    continue
+                deps = [self.tasks[d].status for d in spec.after]
+                if any(s in ("failed", "blocked", "cancelled") for s in deps):
+                    new: TaskStatus = "blocked"
+                elif all(s in DONE_FOR_DEPENDENTS for s in deps):
+                    new = "ready"
+                else:
+                    new = "pending"
+                if new != state.status:
+                    state.status = new
+                    changed = True
+
+    def claimable(self, task_id: str, now_ms: int) -> bool:
+        state = self.tasks[task_id]
+        if state.status == "ready":
+            return True
+        return state.status in ("claimed", "running") and state.lease_until <= now_ms  # lease expired
+
+    def running_writes(self, now_ms: int, but: str | None = None) -> list[TaskSpec]:
+        return [self.spec.task(t.id) for t in self.tasks.values() if t.id != but and t.live(now_ms)]
+
+    def conflicts_with_running(self, task_id: str, now_ms: int, files: Sequence[str] = ()) -> str | None:
+        spec = self.spec.task(task_id)
+        for other in self.running_writes(now_ms, but=task_id):
+            if write_sets_overlap(spec.writes, other.writes, files):
+                return other.id
+        return None
+
+    def pick(self, now_ms: int, files: Sequence[str] = ()) -> str | None:
+        """The first claimable task (in declaration order) whose write set cannot touch any
+        path a task with a live lease may write."""
+        for spec in self.spec.tasks:
+            if self.claimable(spec.id, now_ms) and self.conflicts_with_running(spec.id, now_ms, files) is None:
+                return spec.id
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return all(t.status in TERMINAL or t.status == "succeeded" for t in self.tasks.values()) and not any(
+            t.status in ("pending", "ready") for t in self.tasks.values()
+        )
+
+    def apply(self, kind: str, data: dict[str, Any], timestamp: int) -> bool:
+        """Fold one task event; returns False (and counts it) when the event is refused."""
+        task_id = data.get("task")
+        if task_id not in self.tasks:
+            self.ignored += 1
+            return False
+        state = self.tasks[task_id]
+        worker = data.get("worker")
+        holder_ok = worker is not None and worker == state.holder and int(data.get("attempt", -1)) == state.attempt
+        ok = True
+        if kind == TASK_CLAIMED:
+            ok = self.claimable(task_id, timestamp) and self.conflicts_with_running(task_id, timestamp) is None
+            if ok:
+                state.status = "claimed"
+                state.holder = worker
+                state.attempt += 1
+                state.lease_until = int(data["lease_until"])
+                state.claimed_at = timestamp
+                state.error = None
+        elif kind == TASK_HEARTBEAT:
+            ok = holder_ok and state.status in ("claimed", "running") and state.lease_until > timestamp
+            if ok:
+                state.lease_until = max(state.lease_until, int(data["lease_until"]))
+        elif kind == TASK_STARTED:
+            ok = holder_ok and state.status == "claimed" and state.lease_until > timestamp
+            if ok:
+                state.status = "running"
+                state.base = data.get("base")
+        elif kind in (TASK_SUCCEEDED, TASK_FAILED, TASK_RELEASED):
+            ok = holder_ok and state.status in ("claimed", "running") and state.lease_until > timestamp
+            if ok:
+                state.finished_at = timestamp
+                state.lease_until = 0
+                if kind == TASK_SUCCEEDED:
+                    state.status = "succeeded"
+                    state.commit = data.get("commit")
+                    state.changed = tuple(data.get("changed", ()))
+                elif kind == TASK_FAILED:
+                    final = bool(data.get("final", True)) or state.attempt >= self.spec.task(task_id).max_attempts
+                    state.status = "failed" if final else "ready"
+                    state.error = data.get("error")
+                else:
+                    state.status = "ready"
+                state.holder = None if state.status != "succeeded" else state.holder
+        elif kind == TASK_REQUEUED:
+            ok = state.status in ("succeeded", "failed", "claimed", "running")
+            if ok:
+                state.status = "ready"
+                state.holder = None
+                state.lease_until = 0
+                state.commit = None
+                state.error = data.get("reason")
+        elif kind == TASK_MERGED:
+            ok = state.status == "succeeded"
+            if ok:
+                state.status = "merged"
+                state.commit = data.get("commit", state.commit)
+        elif kind == TASK_CANCELLED:
+            ok = state.status not in TERMINAL
+            if ok:
+                state.status = "cancelled"
+                state.lease_until = 0
+        else:
+            ok = False
+        if ok:
+            state.history.append(kind)
+            self._derive()
+        else:
+            self.ignored += 1
+        return ok
