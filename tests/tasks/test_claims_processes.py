@@ -12,7 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from itertools import combinations
+from itertools import combinations, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def test_eight_processes_claim_500_tasks_without_double_holds(tmp_path: Path) ->
                 str(i),
             ],
             cwd=ROOT,
-        )  # fmt: skip
+        )
         for i in range(WORKERS)
     ]
     for proc in procs:
@@ -100,7 +100,7 @@ def test_eight_processes_claim_500_tasks_without_double_holds(tmp_path: Path) ->
         by_task.setdefault(task, []).append((start, end))
     for task, spans in by_task.items():
         spans.sort()
-        for (_, end_a), (start_b, _) in zip(spans, spans[1:], strict=False):
+        for (_, end_a), (start_b, _) in pairwise(spans):
             assert start_b >= end_a, f"{task} held twice at once"
     writes = {t.id: t.writes for t in spec.tasks}
     holds.sort(key=lambda h: h[1])
