@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-StepKind = Literal["agent", "merge", "gate", "control", "subrun"]
+StepKind = Literal["agent", "merge", "gate", "control", "subrun", "tasks"]
 ControlKind = Literal["consensus", "cascade", "map", "review", "moderate", "orgchart", "escalate"]
 AgentKind = Literal["llm", "python", "command", "cli"]
 
@@ -220,6 +220,7 @@ class Step(_Frozen):
     gate: GateSpec | None = None
     control: ControlSpec | None = None
     subrun: SubrunSpec | None = None
+    tasks: dict[str, JsonValue] | None = None  # a task graph (core/tasks.py TaskGraphSpec), as data
     # The agent's name in the pattern (stable across rounds: `critic` for step `critic.r2`);
     # prompts may say {{steps.<role>.output}}, and confidence history is kept per role.
     role: Annotated[str, Field(pattern=_STEP_ID)] | None = None
@@ -238,12 +239,17 @@ class Step(_Frozen):
             "gate": self.gate,
             "control": self.control,
             "subrun": self.subrun,
+            "tasks": self.tasks,
         }
         if spec[self.kind] is None:
             raise ValueError(f"step {self.id!r} is a {self.kind} step and needs `{self.kind}`")
         extra = [k for k, v in spec.items() if v is not None and k != self.kind]
         if extra:
             raise ValueError(f"step {self.id!r} is a {self.kind} step but also sets {', '.join(extra)}")
+        if self.tasks is not None:
+            from parallax.core.tasks import TaskGraphSpec
+
+            TaskGraphSpec.model_validate(self.tasks)
         if self.kind == "merge" and not self.after:
             raise ValueError(f"merge step {self.id!r} has nothing to merge: list its inputs in `after`")
         return self

@@ -17,6 +17,7 @@ from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
 from parallax.core.events import Event
 from parallax.core.plan import Plan, Step
+from parallax.core.tasks import TASK_EVENTS, TaskBoard, TaskGraphSpec
 
 StepStatus = Literal["pending", "running", "waiting", "succeeded", "failed", "skipped"]
 RunStatus = Literal["created", "running", "succeeded", "failed", "budget_exhausted", "cancelled"]
@@ -106,6 +107,7 @@ class RunState:
     requests: dict[int, dict[str, Any]] = field(default_factory=dict[int, dict[str, Any]])  # seq -> request
     applied: dict[int, str] = field(default_factory=dict[int, str])  # request seq -> what became of it
     divergence: dict[str, Any] | None = None
+    tasks: TaskBoard | None = None  # the task graph's board, for runs with a `tasks` step
 
     @property
     def pending_requests(self) -> list[tuple[int, dict[str, Any]]]:
@@ -123,6 +125,13 @@ class RunState:
         handler = _HANDLERS.get(event.type)
         if handler is not None:
             handler(self, event)
+        elif event.type in TASK_EVENTS and self.plan is not None:
+            if self.tasks is None:
+                spec = next((s.tasks for s in self.plan.steps if s.tasks is not None), None)
+                if spec is None:
+                    return
+                self.tasks = TaskBoard.of(TaskGraphSpec.model_validate(spec))
+            self.tasks.apply(event.type, event.data, event.timestamp)
 
     def step(self, step_id: str) -> StepState:
         state = self.steps.get(step_id)
@@ -396,6 +405,19 @@ def describe(state: RunState) -> dict[str, Any]:
             for seq, request in sorted(state.requests.items())
         ],
         "divergence": state.divergence,
+        "tasks": None
+        if state.tasks is None
+        else {
+            t.id: {
+                "status": t.status,
+                "holder": t.holder,
+                "attempt": t.attempt,
+                "commit": t.commit,
+                "changed": list(t.changed),
+                "error": t.error,
+            }
+            for t in state.tasks.tasks.values()
+        },
         "result": state.result,
     }
 

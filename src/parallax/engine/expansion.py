@@ -9,6 +9,7 @@ run decides again from the same state, to the same result.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
@@ -127,3 +128,55 @@ async def run_subrun(runner: Runner, step: Step) -> None:
         await runner.log.emit(
             Event(ev.STEP_FAILED, {"error": error, "final": True, "usage": state.usage.as_dict()}, step=step.id)
         )
+
+
+async def run_tasks_step(runner: Runner, step: Step) -> None:
+    """A task graph: `workers` local workers claim and run tasks (others may join from other
+    processes with `parallax worker RUN`), then the succeeded branches are integrated. The step
+    succeeds when every task merged, without conflicts, and the graph's verify passed."""
+    import secrets
+    from pathlib import Path
+
+    from parallax.core.tasks import TaskGraphSpec
+    from parallax.engine.tasks import TaskRunOptions, integrate, run_worker
+
+    assert step.tasks is not None
+    spec = TaskGraphSpec.model_validate(step.tasks)
+    repo = runner.options.workdir or Path.cwd()
+    options = TaskRunOptions(repo=repo, parent_env=runner.options.parent_env)
+    await runner.log.emit(Event(ev.STEP_STARTED, {"attempt": 1, "kind": "tasks"}, step=step.id))
+    prefix = f"{runner.options.coordinator}-{secrets.token_hex(2)}"
+    inputs = runner.plan.inputs
+    await asyncio.gather(
+        *(run_worker(runner.store, runner.run_id, f"{prefix}-w{i}", spec, options, inputs) for i in range(spec.workers))
+    )
+    result = await integrate(runner.store, runner.run_id, spec, repo, runner.options.parent_env)
+    await runner.log.sync()
+    board = _board(runner, spec)
+    statuses = {t.id: t.status for t in board.tasks.values()}
+    output = {
+        "branch": result.branch,
+        "head": result.head,
+        "merged": result.merged,
+        "tasks": statuses,
+        "errors": {t.id: t.error for t in board.tasks.values() if t.error},
+        "verify": result.verify,
+    }
+    events = [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in result.conflicts]
+    problems = [f"{t} {s}" for t, s in statuses.items() if s != "merged"]
+    if result.conflicts:
+        problems.append(f"{len(result.conflicts)} merge conflict(s)")
+    if result.verify is not None and result.verify["exit"] != 0:
+        problems.append(f"verify exited {result.verify['exit']}")
+    events.append(Event("tasks.integrated", output, step=step.id))
+    if problems:
+        events.append(Event(ev.STEP_FAILED, {"error": "; ".join(problems), "final": True}, step=step.id))
+    else:
+        events.append(Event(ev.STEP_OUTPUT, {"output": output, "attempt": 1}, step=step.id))
+    await runner.log.emit(*events)
+
+
+def _board(runner: Runner, spec: Any) -> Any:
+    from parallax.core.tasks import TaskBoard
+
+    return runner.state.tasks or TaskBoard.of(spec)

@@ -60,7 +60,7 @@ from parallax.engine.dataplane import (
     cache_key,
     check_budget,
 )
-from parallax.engine.expansion import run_control, run_subrun
+from parallax.engine.expansion import run_control, run_subrun, run_tasks_step
 from parallax.engine.gates import run_gate
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
@@ -162,6 +162,8 @@ class Runner:
                 await run_control(self.log, step)
             elif step.kind == "subrun":
                 await run_subrun(self, step)
+            elif step.kind == "tasks":
+                await run_tasks_step(self, step)
             else:
                 await run_gate(self.log, step)
         except asyncio.CancelledError:

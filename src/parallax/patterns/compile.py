@@ -382,6 +382,42 @@ def _template(step: Step) -> dict[str, Any]:
     return step.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"after"})
 
 
+def compile_tasks(c: Compiler) -> list[Step]:
+    """`pattern: tasks`: a task graph of coding tasks, each in its own worktree."""
+    from parallax.core.tasks import TaskGraphSpec, TaskSpec
+
+    data = c.data
+    if "tasks" not in data:
+        raise c.error((), "a tasks pattern needs `tasks`")
+    names = list(data["tasks"])
+    specs = []
+    for name, task in data["tasks"].items():
+        path: Path_ = ("tasks", name)
+        for key in ("after", "peers"):
+            for i, ref in enumerate(task.get(key, ())):
+                if ref not in names:
+                    raise c.error((*path, key, i), f"unknown task {ref!r} (tasks: {', '.join(names)})")
+        step = c.agent_step(name, task["agent"], (*path, "agent"))
+        assert step.agent is not None
+        fields = {k: task[k] for k in ("prompt", "writes", "reads", "contracts", "peers", "verify", "network",
+                                         "sandbox", "timeout_s", "max_attempts") if k in task}  # fmt: skip
+        try:
+            after = tuple(task.get("after", ()))
+            specs.append(TaskSpec.model_validate({"id": name, "after": after, "agent": step.agent, **fields}))
+        except ValidationError as e:
+            raise c.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
+    try:
+        graph = TaskGraphSpec(
+            tasks=tuple(specs),
+            workers=data.get("workers", 4),
+            lease_s=data.get("lease_s", 30.0),
+            verify=data.get("verify"),
+        )
+    except ValidationError as e:
+        raise c.error(("tasks",), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
+    return [Step(id="tasks", kind="tasks", tasks=graph.model_dump(mode="json", exclude_defaults=True))]
+
+
 def compile_document(data: dict[str, Any], where: Located, file: str, types: dict[str, dict[str, str]]) -> Plan:
     from parallax.patterns.cohorts import compile_cohorts, compile_orgchart
 
@@ -396,6 +432,7 @@ def compile_document(data: dict[str, Any], where: Located, file: str, types: dic
         "mapreduce": compiler.mapreduce,
         "cohorts": lambda: compile_cohorts(compiler),
         "orgchart": lambda: compile_orgchart(compiler),
+        "tasks": lambda: compile_tasks(compiler),
     }
     steps = builders[data["pattern"]]()
     if data["pattern"] not in ("fanout", "pipeline", "vote"):

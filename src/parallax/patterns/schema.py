@@ -166,6 +166,29 @@ _stage: dict[str, Any] = {
 
 _threshold: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
 
+_globs: dict[str, Any] = {"type": "array", "items": {"type": "string", "minLength": 1}}
+
+_task: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["writes", "agent"],
+    "description": "A coding task: runs in its own git worktree; may change only what `writes` covers.",
+    "properties": {
+        "prompt": {"type": "string"},
+        "after": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "writes": {**_globs, "minItems": 1},
+        "reads": _globs,
+        "contracts": _globs,
+        "peers": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "verify": {"type": "string"},
+        "agent": _agent,
+        "network": {"type": "boolean"},
+        "sandbox": {"type": "boolean"},
+        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 20},
+    },
+}
+
 _rule: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -200,7 +223,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
     "required": ["pattern", "name"],
     "properties": {
         "pattern": {"enum": ["fanout", "pipeline", "vote", "review", "consensus", "cascade", "mapreduce", "cohorts",
-                             "orgchart"],
+                             "orgchart", "tasks"],
                     "description": "fanout: all agents at once, then a merge; "
                     "pipeline: agents in order, each after the one before (or as `after` says); "
                     "vote: all agents at once, then a vote over one field; "
@@ -209,6 +232,12 @@ PATTERN_SCHEMA: dict[str, Any] = {
                     "mapreduce: one agent per item, then a reduce; cohorts: isolated cohorts and a moderator; "
                     "orgchart: roles reporting to each other, a workflow, escalation up the chain"},
         "roles": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _role},
+        "tasks": {"type": "object", "minProperties": 1,
+                  "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"},
+                  "additionalProperties": _task},
+        "workers": {"type": "integer", "minimum": 1, "maximum": 256},
+        "lease_s": {"type": "number", "exclusiveMinimum": 0},
+        "verify": {"type": "string", "description": "tasks: run on the integration branch after merging"},
         "approvals": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _approval,
                       "description": "approval gates: the run waits for `parallax approve RUN NAME`"},
         "review": {"type": "object", "additionalProperties": False,

@@ -1,0 +1,1 @@
+"""A tiny inventory package the parallel-coding example works on."""

@@ -1,0 +1,163 @@
+"""One isolated workspace per task, and the integration branch they merge into.
+
+Layout, inside the repository's git directory (so the user's working tree never sees it):
+
+    <git-common-dir>/parallax/<run>/worktrees/<task>     the task's worktree, branch parallax/<run>/<task>
+    <git-common-dir>/parallax/<run>/home/<task>          its HOME
+    <git-common-dir>/parallax/<run>/tmp/<task>           its TMPDIR
+    <git-common-dir>/parallax/<run>/integration          worktree of parallax/<run>/integration
+
+A task starts from the integration head, or from its dependencies' commits (handoff: the first
+dependency's commit with the others merged in). It gets its own port range
+(`PARALLAX_PORT_BASE`, `PARALLAX_PORT_COUNT`) and an environment built from an allow-list, plus
+the variables its spec grants by name. When it finishes, every changed path is checked against
+its write set: a path outside it fails the task with the paths named, and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parallax.agents.process import agent_environment
+from parallax.core.tasks import TaskSpec, in_write_set
+from parallax.workspaces import git
+from parallax.workspaces.peering import Snapshot, make_writable, snapshot
+
+PORTS_PER_TASK = 100
+FIRST_PORT = 20000
+
+
+_LOCKS: dict[Path, asyncio.Lock] = {}
+
+
+def _repo_lock(repo: Path) -> asyncio.Lock:
+    lock = _LOCKS.get(repo)
+    if lock is None:
+        lock = _LOCKS[repo] = asyncio.Lock()
+    return lock
+
+
+class HandoffConflict(Exception):
+    def __init__(self, task: str, conflict: git.MergeConflict) -> None:
+        super().__init__(f"task {task}: its dependencies' commits conflict in {', '.join(conflict.files)}")
+        self.conflict = conflict
+
+
+@dataclass
+class Workspace:
+    task: str
+    path: Path
+    branch: str
+    base: str
+    home: Path
+    tmp: Path
+    ports: tuple[int, int]
+    peers: dict[str, Snapshot] = field(default_factory=dict[str, Snapshot])
+
+    def environment(self, granted: Sequence[str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = agent_environment(tuple(granted), parent)
+        env.update(
+            {
+                "HOME": str(self.home),
+                "TMPDIR": str(self.tmp),
+                "PARALLAX_TASK": self.task,
+                "PARALLAX_WORKTREE": str(self.path),
+                "PARALLAX_PORT_BASE": str(self.ports[0]),
+                "PARALLAX_PORT_COUNT": str(self.ports[1] - self.ports[0]),
+            }
+        )
+        return env
+
+
+@dataclass(frozen=True)
+class Finished:
+    commit: str | None
+    changed: tuple[str, ...]
+    outside: tuple[str, ...]  # changed paths outside the write set (the task fails when any)
+
+
+class Workspaces:
+    def __init__(self, repo: Path, run_id: str, common_dir: Path) -> None:
+        self.repo = repo
+        self.run_id = run_id
+        self.root = common_dir / "parallax" / run_id
+        self.integration_branch = f"parallax/{run_id}/integration"
+        self.integration_path = self.root / "integration"
+
+    @classmethod
+    async def open(cls, path: Path, run_id: str) -> Workspaces:
+        repo = await git.repo_root(path)
+        common = (await git.git(repo, "rev-parse", "--git-common-dir")).out.strip()
+        common_dir = Path(common) if Path(common).is_absolute() else (repo / common).resolve()
+        return cls(repo, run_id, common_dir)
+
+    def branch(self, task: str) -> str:
+        return f"parallax/{self.run_id}/{task}"
+
+    def worktree(self, task: str) -> Path:
+        return self.root / "worktrees" / task
+
+    async def integration_head(self) -> str:
+        """The integration branch's head, creating it at the repository's HEAD the first time."""
+        if not await git.ref_exists(self.repo, self.integration_branch):
+            created = await git.git(
+                self.repo, "branch", self.integration_branch, await git.head(self.repo), check=False
+            )
+            if created.code != 0 and not await git.ref_exists(self.repo, self.integration_branch):
+                raise git.GitError(f"cannot create {self.integration_branch}: {created.err.strip()}")
+        return await git.head(self.repo, self.integration_branch)
+
+    async def prepare(self, spec: TaskSpec, index: int, dep_commits: Sequence[str]) -> Workspace:
+        path = self.worktree(spec.id)
+        if path.exists():
+            make_writable(path)
+        base = dep_commits[0] if dep_commits else await self.integration_head()
+        async with _repo_lock(self.repo):  # git's worktree bookkeeping is not safe to run concurrently
+            await git.add_worktree(self.repo, path, self.branch(spec.id), base)
+        for commit in dep_commits[1:]:
+            conflict = await git.merge(path, commit, f"parallax handoff into {spec.id}")
+            if conflict is not None:
+                raise HandoffConflict(spec.id, conflict)
+        base = await git.head(path)
+        home, tmp = self.root / "home" / spec.id, self.root / "tmp" / spec.id
+        for folder in (home, tmp):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        first = FIRST_PORT + (index % 400) * PORTS_PER_TASK
+        workspace = Workspace(spec.id, path, self.branch(spec.id), base, home, tmp, (first, first + PORTS_PER_TASK))
+        for peer in spec.peers:
+            source = self.worktree(peer)
+            if source.exists():
+                workspace.peers[peer] = snapshot(source, path / git.PRIVATE / peer)
+        return workspace
+
+    async def finish(self, workspace: Workspace, spec: TaskSpec, message: str) -> Finished:
+        changed = tuple(await git.changed_paths(workspace.path, workspace.base))
+        outside = tuple(p for p in changed if not in_write_set(p, spec.writes))
+        if outside:
+            return Finished(None, changed, outside)
+        commit = await git.commit_all(workspace.path, message)
+        return Finished(commit or await git.head(workspace.path), changed, ())
+
+    async def integration_worktree(self) -> Path:
+        await self.integration_head()
+        path = self.integration_path
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            async with _repo_lock(self.repo):
+                await git.git(self.repo, "worktree", "prune")
+                await git.git(self.repo, "worktree", "add", "--force", str(path), self.integration_branch)
+        return path
+
+    async def cleanup(self) -> None:
+        """Remove the worktrees (the branches stay, so every task's work can still be seen)."""
+        worktrees = self.root / "worktrees"
+        if worktrees.exists():
+            for path in worktrees.iterdir():
+                make_writable(path)
+                await git.remove_worktree(self.repo, path)
+        await git.git(self.repo, "worktree", "prune", check=False)
