@@ -1,0 +1,224 @@
+"""Parallel coding end to end on real git repositories, worktrees and subprocesses: the example
+project, write authority, contracts, handoff, environment isolation, and git conflicts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parallax.core.state import RunState
+from parallax.engine.api import create_run, load_run
+from parallax.engine.runner import Runner, RunOptions
+from parallax.patterns.yaml_loader import compile_pattern
+from parallax.streams.sqlite import SqliteStore
+from parallax.workspaces import git
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "parallel-coding"
+
+
+def sh(cwd: Path, *args: str) -> str:
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def init_repo(path: Path, files: dict[str, str] | None = None, source: Path | None = None) -> Path:
+    if source is not None:
+        shutil.copytree(source, path)
+    else:
+        path.mkdir(parents=True)
+    for name, text in (files or {}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    sh(path, "git", "init", "-q", "-b", "main")
+    sh(path, "git", "add", "-A")
+    sh(path, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    return path
+
+
+def run_tasks(tmp_path: Path, repo: Path, doc: dict[str, Any], env: dict[str, str] | None = None) -> RunState:
+    plan = compile_pattern(yaml.safe_dump(doc), str(tmp_path / "tasks.yaml"))
+
+    async def go() -> RunState:
+        async with SqliteStore(tmp_path / "t.db") as store:
+            run_id = await create_run(store, plan, run_id="t")
+            return await Runner(store, run_id, RunOptions(workdir=repo, parent_env=env)).run()
+
+    return asyncio.run(go())
+
+
+def test_the_example_runs_and_integrates_with_passing_tests(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "inventory", source=EXAMPLE / "project")
+    before = sh(repo, "git", "rev-parse", "HEAD")
+    result = subprocess.run(
+        [sys.executable, "-m", "parallax", "--store", f"sqlite://{tmp_path / 'x.db'}", "run",
+         str(EXAMPLE / "tasks.yaml"), "--run-id", "inv", "--json"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {t: v["status"] for t, v in state["tasks"].items()} == dict.fromkeys(
+        ["contract", "store", "pricing", "changelog-store", "changelog-pricing", "tests"], "merged"
+    )
+    output = state["steps"][0]["output"]
+    assert output["verify"]["exit"] == 0
+    assert "Ran 3 tests" in output["verify"]["output"]
+    branch = output["branch"]
+    changelog = sh(repo, "git", "show", f"{branch}:CHANGELOG.md")
+    assert "- store by SKU" in changelog and "- pricing in cents" in changelog
+    # the user's branch and working tree are untouched until they ask (parallax apply)
+    assert sh(repo, "git", "rev-parse", "HEAD") == before
+    assert sh(repo, "git", "status", "--porcelain") == ""
+    # each task worked on its own branch
+    for task in state["tasks"]:
+        assert sh(repo, "git", "rev-parse", "--verify", f"parallax/inv/{task}").strip()
+    # the two changelog tasks declared the same file: their holds never overlapped
+    events = asyncio.run(_control(tmp_path / "x.db", "inv"))
+    spans = {}
+    for event in events:
+        task = event["data"].get("task")
+        if task in ("changelog-store", "changelog-pricing"):
+            if event["type"] == "task.claimed":
+                spans[task] = [event["ts"], None]
+            elif event["type"] == "task.succeeded":
+                spans[task][1] = event["ts"]
+    (a0, a1), (b0, b1) = spans["changelog-store"], spans["changelog-pricing"]
+    assert a1 <= b0 or b1 <= a0
+    # `tests` peered into store's worktree: a read-only snapshot, not part of its commit
+    tests_commit = state["tasks"]["tests"]["changed"]
+    assert tests_commit == ["tests/test_inventory.py"]
+
+
+async def _control(db: Path, run_id: str) -> list[dict[str, Any]]:
+    from parallax.core.events import decode_event
+
+    async with SqliteStore(db) as store:
+        records = await store.read_all(f"runs/{run_id}/control")
+    out = []
+    for r in records:
+        e = decode_event(r.headers, r.body, r.seq_num, r.timestamp)
+        if e is not None:
+            out.append({"type": e.type, "data": e.data, "ts": e.timestamp})
+    return out
+
+
+def test_a_change_outside_the_write_set_fails_the_task_and_merges_nothing(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "r", {"app.py": "x = 1\n", "secret_config.py": "KEY = 'a'\n"})
+    doc = {
+        "pattern": "tasks",
+        "name": "authority",
+        "workers": 1,
+        "tasks": {
+            "edit": {
+                "writes": ["app.py"],
+                "agent": {
+                    "kind": "command",
+                    "command": "echo 'x = 2' > app.py; echo 'KEY = 1' > secret_config.py; touch new.txt",
+                },
+            }
+        },
+    }
+    state = run_tasks(tmp_path, repo, doc)
+    assert state.status == "failed"
+    assert state.tasks is not None
+    task = state.tasks.tasks["edit"]
+    assert task.status == "failed"
+    assert task.error == "changed paths outside its write set ['app.py']: new.txt, secret_config.py"
+    integration = sh(repo, "git", "show", "parallax/t/integration:app.py")
+    assert integration == "x = 1\n"  # nothing of it merged
+    assert sh(repo, "git", "rev-list", "--count", "parallax/t/edit") == "1\n"  # no commit on the task branch
+
+
+def test_environment_is_isolated_per_task(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "r", {"a.txt": ""})
+    script = 'env > "$PARALLAX_TASK.env"'
+    doc = {
+        "pattern": "tasks",
+        "name": "env",
+        "workers": 2,
+        "tasks": {
+            "one": {"writes": ["one.env"], "agent": {"kind": "command", "command": script, "env": ["GRANTED_TOKEN"]}},
+            "two": {"writes": ["two.env"], "agent": {"kind": "command", "command": script}},
+        },
+    }
+    parent = {**os.environ, "GRANTED_TOKEN": "g-1", "OTHER_SECRET": "s-2"}
+    state = run_tasks(tmp_path, repo, doc, env=parent)
+    assert state.status == "succeeded", state.steps["tasks"].error
+    envs = {}
+    for task in ("one", "two"):
+        text = sh(repo, "git", "show", f"parallax/t/integration:{task}.env")
+        envs[task] = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    assert envs["one"]["GRANTED_TOKEN"] == "g-1"
+    assert "GRANTED_TOKEN" not in envs["two"]
+    assert all("OTHER_SECRET" not in e for e in envs.values())
+    assert envs["one"]["HOME"] != envs["two"]["HOME"]
+    assert envs["one"]["TMPDIR"].endswith("/tmp/one")
+    assert "/.git/parallax/t/" in envs["one"]["HOME"]
+    assert envs["one"]["PARALLAX_PORT_BASE"] != envs["two"]["PARALLAX_PORT_BASE"]
+    assert envs["one"]["PWD"].endswith("/worktrees/one")
+
+
+def test_a_contract_change_reruns_the_tasks_that_read_it(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "r", {"api.txt": "v1\n"})
+    doc = {
+        "pattern": "tasks",
+        "name": "contract",
+        "workers": 2,
+        "lease_s": 5,
+        "tasks": {
+            "owner": {"writes": ["api.txt"], "contracts": ["api.txt"],
+                      "agent": {"kind": "command", "command": "sleep 1; echo v2 > api.txt"}},
+            "reader": {"writes": ["client.txt"], "reads": ["api.txt"],
+                       "agent": {"kind": "command", "command": "cp api.txt client.txt"}},
+        },
+    }  # fmt: skip
+    state = run_tasks(tmp_path, repo, doc)
+    assert state.status == "succeeded", state.steps["tasks"].error
+    assert state.tasks is not None
+    assert state.tasks.tasks["reader"].attempt == 2  # ran on v1 first, then again on v2
+    assert sh(repo, "git", "show", "parallax/t/integration:client.txt") == "v2\n"
+
+
+def test_integration_records_git_conflicts_with_both_sides(tmp_path: Path) -> None:
+    repo = init_repo(tmp_path / "r", {"f.txt": "base\n"})
+
+    async def go() -> git.MergeConflict | None:
+        await git.git(repo, "checkout", "-q", "-b", "left")
+        (repo / "f.txt").write_text("left\n")
+        left = await git.commit_all(repo, "left")
+        await git.git(repo, "checkout", "-q", "main")
+        (repo / "f.txt").write_text("right\n")
+        await git.commit_all(repo, "right")
+        assert left is not None
+        return await git.merge(repo, left, "merge left")
+
+    conflict = asyncio.run(go())
+    assert conflict is not None
+    assert conflict.files == ("f.txt",)
+    assert conflict.ours["f.txt"] == "right\n"
+    assert conflict.theirs["f.txt"] == "left\n"
+    assert (repo / "f.txt").read_text() == "right\n"  # aborted: nothing half-merged
+    assert sh(repo, "git", "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_board_is_a_fold_of_the_log(tmp_path: Path, workers: int) -> None:
+    repo = init_repo(tmp_path / "r", {"a.txt": ""})
+    doc = {"pattern": "tasks", "name": "again", "workers": workers,
+           "tasks": {"a": {"writes": ["b.txt"], "agent": {"kind": "command", "command": "echo b > b.txt"}}}}  # fmt: skip
+    state = run_tasks(tmp_path, repo, doc)
+    assert state.status == "succeeded"
+
+    async def again() -> RunState:
+        async with SqliteStore(tmp_path / "t.db") as store:
+            return await load_run(store, "t")
+
+    assert asyncio.run(again()).tasks.tasks["a"].status == "merged"  # type: ignore[union-attr]
