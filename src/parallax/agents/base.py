@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,9 @@ class AgentContext:
         cancelled: asyncio.Event,
         env: Mapping[str, str],
         workdir: Path | None = None,
+        wrap: Callable[[Sequence[str], Mapping[str, str]], list[str]] | None = None,
     ) -> None:
+        self.wrap = wrap  # how a process the agent starts is wrapped (the sandbox), if at all
         self.run_id = run_id
         self.step_id = step_id
         self.agent = agent
@@ -156,6 +158,10 @@ class AgentContext:
             return await self._store.read_all(stream, start)
         except StreamNotFound:
             return []
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The argv to start for `argv`: inside the sandbox when the task asks for one."""
+        return self.wrap(argv, self.env) if self.wrap is not None else list(argv)
 
     def input_json(self) -> str:
         return json.dumps(self.input, ensure_ascii=False, default=str)

@@ -272,7 +272,7 @@ class CliAgent(Agent):
             timeout = min(timeout, time_left)
         try:
             result = await run_process(
-                argv,
+                ctx.command(argv),
                 stdin=None,
                 env=ctx.env,
                 cwd=ctx.workdir,

@@ -49,7 +49,7 @@ class CommandAgent(Agent):
         command = render_command(self.spec.command, {"input": ctx.input, "prompt": ctx.prompt or ""})
         ctx.log(ev.AGENT_INPUT, {"command": command, "stdin": ctx.input})
         result = await run_process(
-            ["/bin/sh", "-c", command],
+            ctx.command(["/bin/sh", "-c", command]),
             stdin=ctx.input_json().encode(),
             env=ctx.env,
             cwd=ctx.workdir,

@@ -41,6 +41,7 @@ from parallax.engine.control import agent_stream
 from parallax.engine.taskboard import Claim, TaskClient
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 from parallax.workspaces import git
+from parallax.workspaces.sandbox import Sandbox
 from parallax.workspaces.workspace import HandoffConflict, Workspace, Workspaces
 
 
@@ -48,7 +49,8 @@ from parallax.workspaces.workspace import HandoffConflict, Workspace, Workspaces
 class TaskRunOptions:
     repo: Path
     parent_env: Mapping[str, str] | None = None
-    sandbox: bool = False
+    sandbox: bool = False  # every task in the sandbox, whatever its spec says
+    sandbox_read_only: tuple[Path, ...] = ()
 
 
 async def run_worker(
@@ -154,6 +156,11 @@ async def _do_task(
     prompt = render(task.prompt, context) if task.prompt else None
     log = AgentLog(client.store, agent_stream(run_id, task.id), task.id, task.id)
     agent_spec = task.agent
+    sandbox = (
+        Sandbox(workspace.path, workspace.home, network=task.network, read_only=options.sandbox_read_only)
+        if task.sandbox or options.sandbox
+        else None
+    )
     ctx = AgentContext(
         run_id=run_id,
         step_id=task.id,
@@ -170,6 +177,7 @@ async def _do_task(
         cancelled=asyncio.Event(),
         env=env,
         workdir=workspace.path,
+        wrap=sandbox.wrap if sandbox is not None else None,
     )
     try:
         try:
@@ -184,7 +192,11 @@ async def _do_task(
             return TASK_FAILED, {"error": str(e), "final": not e.retryable}
         if task.verify:
             check = await run_process(
-                ["/bin/sh", "-c", task.verify], stdin=None, env=env, cwd=workspace.path, timeout_s=task.timeout_s or 600
+                ctx.command(["/bin/sh", "-c", task.verify]),
+                stdin=None,
+                env=env,
+                cwd=workspace.path,
+                timeout_s=task.timeout_s or 600,
             )
             ctx.log(
                 ev.AGENT_LOG, {"verify_exit": check.returncode, "verify_output": tail_text(check.stdout + check.stderr)}
