@@ -1,4 +1,4 @@
-"""Things that think: llm, python, command and cli agents behind one `Agent` boundary."""
+"""Things that think: llm, coder, python, command and cli agents behind one `Agent` boundary."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ def build_agent(spec: AgentSpec) -> Agent:
         from parallax.agents.cli import CliAgent
 
         return CliAgent(spec)
+    if spec.kind == "coder":
+        from parallax.agents.coder import CoderAgent
+
+        return CoderAgent(spec)
     from parallax.agents.llm import LlmAgent
 
     return LlmAgent(spec)

@@ -104,13 +104,27 @@ class LlmAgent(Agent):
         super().__init__(spec)
         self._models: dict[str, Any] = {}  # per agent name: a scripted model keeps its place across retries
 
+    def tools(self, ctx: AgentContext) -> list[Any]:
+        """Functions the model may call (none for a plain llm agent; see `coder`)."""
+        return []
+
     async def run(self, ctx: AgentContext) -> AgentResult:
+        prompt = ctx.prompt if ctx.prompt is not None else json.dumps(ctx.input, ensure_ascii=False, default=str)
+        result, _ = await self.run_turn(ctx, prompt, None)
+        return result
+
+    async def run_turn(
+        self, ctx: AgentContext, prompt: str, history: list[Any] | None
+    ) -> tuple[AgentResult, list[Any]]:
+        """One model run (with its tool calls) from `prompt` after `history`; returns the result
+        and the whole conversation so far, to continue from."""
         from pydantic_ai import (
             Agent as PaiAgent,
         )
         from pydantic_ai import (
             AgentRunResultEvent,
             FunctionToolCallEvent,
+            FunctionToolResultEvent,
             PartDeltaEvent,
             PartStartEvent,
             TextPartDelta,
@@ -138,6 +152,7 @@ class LlmAgent(Agent):
             output_type=output_type,
             instructions=spec.instructions,
             retries={"output": int(output_retries) if isinstance(output_retries, int) else 2},
+            tools=self.tools(ctx),
         )
         settings: dict[str, Any] = {"max_retries": 0}
         for key in ("temperature", "max_tokens", "top_p", "seed"):
@@ -146,11 +161,12 @@ class LlmAgent(Agent):
         # The run's budget is checked by the engine between calls ("stops new calls when spent");
         # a call in flight finishes, and what it used is recorded even when it fails.
         usage = RunUsage()
-        prompt = ctx.prompt if ctx.prompt is not None else json.dumps(ctx.input, ensure_ascii=False, default=str)
         ctx.log(ev.AGENT_INPUT, {"model": model_name, "prompt": prompt, "instructions": spec.instructions})
         result: Any = None
         try:
-            async with agent.run_stream_events(prompt, model_settings=cast(Any, settings), usage=usage) as stream:
+            async with agent.run_stream_events(
+                prompt, message_history=history, model_settings=cast(Any, settings), usage=usage
+            ) as stream:
                 async for event in stream:
                     if isinstance(event, PartStartEvent):
                         content = getattr(event.part, "content", None)
@@ -166,6 +182,11 @@ class LlmAgent(Agent):
                             ctx.emit(event.delta.args_delta)
                     elif isinstance(event, FunctionToolCallEvent):
                         ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.part.tool_name, "args": event.part.args})
+                    elif isinstance(event, FunctionToolResultEvent):
+                        content = getattr(event.part, "content", None)
+                        text = content if isinstance(content, str) else json.dumps(content, default=str)
+                        tool = getattr(event.part, "tool_name", None)
+                        ctx.log(ev.AGENT_TOOL_RESULT, {"tool": tool, "result": text[:2000]})
                     elif isinstance(event, AgentRunResultEvent):
                         result = event.result
         except AgentFailed as e:
@@ -183,6 +204,5 @@ class LlmAgent(Agent):
         confidence = getattr(output, "confidence", None)
         if isinstance(output, BaseModel):
             output = output.model_dump(mode="json")
-        return AgentResult(
-            output, float(confidence) if isinstance(confidence, int | float) else None, usage_of(result.usage)
-        )
+        conf = float(confidence) if isinstance(confidence, int | float) else None
+        return AgentResult(output, conf, usage_of(result.usage)), list(result.all_messages())

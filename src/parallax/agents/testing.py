@@ -4,7 +4,8 @@
   name), one answer per request, streamed in chunks. A dict answer becomes the structured
   output (a call of the output tool); a string answer is text. An answer
   `{"__error__": {"status": 429, "retry_after": 1}}` raises the provider error a real HTTP
-  model would, so retry paths can be exercised without HTTP.
+  model would, so retry paths can be exercised without HTTP. An answer
+  `{"__tool__": "write_file", "args": {...}}` calls one of the agent's tools (a coder's).
 - `FunctionModel` is pydantic-ai's own, re-exported for writing answers as code.
 
 `make demo` runs the feature-spec example on `ScriptedModel` when no model is configured, and
@@ -88,6 +89,9 @@ class ScriptedModel(FunctionModel):
 
     def _answer(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         answer = self._next()
+        if _is_tool_call(answer):
+            call = ToolCallPart(answer["__tool__"], answer.get("args", {}), tool_call_id=f"scripted-{self.calls}")
+            return ModelResponse(parts=[call], usage=self._usage(answer), model_name="scripted")
         if info.output_tools and not isinstance(answer, str):
             part: TextPart | ToolCallPart = ToolCallPart(info.output_tools[0].name, answer)
         elif info.output_tools and isinstance(answer, str) and not info.allow_text_output:
@@ -98,6 +102,10 @@ class ScriptedModel(FunctionModel):
 
     async def _stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
         answer = self._next()
+        if _is_tool_call(answer):  # a call of one of the agent's own tools (a coder's write_file, ...)
+            args = json.dumps(answer.get("args", {}))
+            yield {0: DeltaToolCall(name=answer["__tool__"], json_args=args, tool_call_id=f"scripted-{self.calls}")}
+            return
         structured = bool(info.output_tools) and (not isinstance(answer, str) or not info.allow_text_output)
         text = answer if isinstance(answer, str) else json.dumps(answer, indent=1)
         pieces = [text[i : i + self.chunk_size] for i in range(0, len(text), self.chunk_size)] or [""]
@@ -107,3 +115,8 @@ class ScriptedModel(FunctionModel):
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
             yield {0: DeltaToolCall(json_args=piece)} if structured else piece
+
+
+def _is_tool_call(answer: Any) -> bool:
+    """`{"__tool__": "write_file", "args": {...}}` scripts a call of the agent's tool."""
+    return isinstance(answer, dict) and isinstance(answer.get("__tool__"), str)

@@ -44,6 +44,7 @@ INBOX_MESSAGE = "inbox.message"
 AGENT_INPUT = "agent.input"
 AGENT_CHUNK = "agent.chunk"
 AGENT_TOOL_CALL = "agent.tool_call"
+AGENT_TOOL_RESULT = "agent.tool_result"
 AGENT_LOG = "agent.log"
 
 Headers = tuple[tuple[bytes, bytes], ...]

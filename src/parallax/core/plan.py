@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 StepKind = Literal["agent", "merge", "gate", "control", "subrun", "tasks"]
 ControlKind = Literal["consensus", "cascade", "map", "review", "moderate", "orgchart", "escalate"]
-AgentKind = Literal["llm", "python", "command", "cli"]
+AgentKind = Literal["llm", "coder", "python", "command", "cli"]
 
 _STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 # A field path into contributions: dotted names, `[*]` for every item of a list.
@@ -73,7 +73,7 @@ class AgentSpec(_Frozen):
 
     @model_validator(mode="after")
     def _check_kind_fields(self) -> AgentSpec:
-        required = {"llm": "model", "python": "ref", "command": "command"}
+        required = {"llm": "model", "coder": "model", "python": "ref", "command": "command"}
         field = required.get(self.kind)
         if field is not None and not getattr(self, field):
             raise ValueError(f"a {self.kind} agent needs `{field}`")
@@ -84,7 +84,7 @@ class AgentSpec(_Frozen):
     @property
     def provider(self) -> str:
         """The circuit-breaker and rate-limit key: the model's provider, or the agent kind."""
-        if self.kind == "llm" and self.model:
+        if self.kind in ("llm", "coder") and self.model:
             return self.model.split(":", 1)[0] if ":" in self.model else "llm"
         if self.kind == "cli":
             return f"cli:{self.preset or 'template'}"

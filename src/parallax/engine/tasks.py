@@ -152,7 +152,10 @@ async def _do_task(
     """Run the agent in the worktree, then verify, then check the write set and commit."""
     run_id = client.run_id
     env = workspace.environment(task.agent.env, options.parent_env)
-    context = {"input": dict(inputs), "task": {"id": task.id, "writes": list(task.writes), "reads": list(task.reads)}}
+    context = {
+        "input": dict(inputs),
+        "task": {"id": task.id, "writes": list(task.writes), "reads": list(task.reads), "verify": task.verify},
+    }
     prompt = render(task.prompt, context) if task.prompt else None
     log = AgentLog(client.store, agent_stream(run_id, task.id), task.id, task.id)
     agent_spec = task.agent

@@ -96,7 +96,7 @@ class Compiler:
         if kind == "breakout":
             return self.breakout_step(step_id, agent, path, after)
         fields = {k: agent[k] for k in _AGENT_FIELDS if k in agent}
-        if kind == "llm":
+        if kind in ("llm", "coder"):
             fields.setdefault("model", default_model or self.data.get("model"))
             fields["model"] = relative_to(fields.get("model"), self.file)
             if not fields.get("model"):

@@ -29,7 +29,7 @@ _agent: dict[str, Any] = {
     "description": "An agent: llm (default), python, command or cli.",
     "properties": {
         "kind": {
-            "enum": ["llm", "python", "command", "cli", "breakout"],
+            "enum": ["llm", "coder", "python", "command", "cli", "breakout"],
             "default": "llm",
             "description": "breakout: run another pattern (`pattern:`) as a sub-run on its own streams",
         },

@@ -68,6 +68,9 @@ class Workspace:
                 "PARALLAX_WORKTREE": str(self.path),
                 "PARALLAX_PORT_BASE": str(self.ports[0]),
                 "PARALLAX_PORT_COUNT": str(self.ports[1] - self.ports[0]),
+                # No __pycache__: a stale .pyc (same size, same second) would hide an edit from
+                # the tests, and compiled files are not the task's work.
+                "PYTHONDONTWRITEBYTECODE": "1",
             }
         )
         return env
