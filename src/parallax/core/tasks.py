@@ -164,6 +164,7 @@ class TaskState:
     changed: tuple[str, ...] = ()
     error: str | None = None
     base: str | None = None
+    feedback: str | None = None  # why it was last sent back (a reviewer's note, a changed contract)
     claimed_at: int | None = None
     finished_at: int | None = None
     history: list[str] = field(default_factory=list[str])
@@ -231,9 +232,14 @@ class TaskBoard:
 
     @property
     def finished(self) -> bool:
-        return all(t.status in TERMINAL or t.status == "succeeded" for t in self.tasks.values()) and not any(
-            t.status in ("pending", "ready") for t in self.tasks.values()
-        )
+        """Nothing left to run: every task succeeded or ended (with a review queue, succeeded
+        tasks still wait for a person, and a rejection makes them ready again)."""
+        done = TERMINAL if self.spec.review else TERMINAL | {"succeeded"}
+        return all(t.status in done for t in self.tasks.values())
+
+    def awaiting_review(self) -> list[str]:
+        """Finished tasks a person has not decided on yet, in declaration order."""
+        return [t.id for t in self.spec.tasks if self.tasks[t.id].status == "succeeded"]
 
     def apply(self, kind: str, data: dict[str, Any], timestamp: int) -> bool:
         """Fold one task event; returns False (and counts it) when the event is refused."""
@@ -286,7 +292,8 @@ class TaskBoard:
                 state.holder = None
                 state.lease_until = 0
                 state.commit = None
-                state.error = data.get("reason")
+                state.error = None
+                state.feedback = data.get("reason")
         elif kind == TASK_MERGED:
             ok = state.status == "succeeded"
             if ok:

@@ -150,6 +150,8 @@ async def run_tasks_step(runner: Runner, step: Step) -> None:
     await asyncio.gather(
         *(run_worker(runner.store, runner.run_id, f"{prefix}-w{i}", spec, options, inputs) for i in range(spec.workers))
     )
+    # With a review queue, each task was merged when a person approved it (`parallax review`);
+    # integrating now only picks up nothing or runs the final verify.
     result = await integrate(runner.store, runner.run_id, spec, repo, runner.options.parent_env)
     await runner.log.sync()
     board = _board(runner, spec)

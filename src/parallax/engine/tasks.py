@@ -152,11 +152,21 @@ async def _do_task(
     """Run the agent in the worktree, then verify, then check the write set and commit."""
     run_id = client.run_id
     env = workspace.environment(task.agent.env, options.parent_env)
+    state = client.board.tasks[task.id]
+    feedback = state.feedback
     context = {
         "input": dict(inputs),
-        "task": {"id": task.id, "writes": list(task.writes), "reads": list(task.reads), "verify": task.verify},
+        "task": {
+            "id": task.id,
+            "writes": list(task.writes),
+            "reads": list(task.reads),
+            "verify": task.verify,
+            "feedback": feedback,
+        },
     }
     prompt = render(task.prompt, context) if task.prompt else None
+    if feedback:  # sent back by a reviewer, or re-run because a contract changed
+        prompt = f"{prompt or ''}\n\nThis task was sent back: {feedback}".strip()
     log = AgentLog(client.store, agent_stream(run_id, task.id), task.id, task.id)
     agent_spec = task.agent
     sandbox = (
@@ -319,3 +329,52 @@ def _dependency_order(spec: TaskGraphSpec) -> list[str]:
                 done.add(task_id)
                 pending.remove(task_id)
     return order
+
+
+async def task_graph_of(store: StreamStore, run_id: str) -> tuple[TaskGraphSpec, Any]:
+    """The run's task graph and its board, folded from the log."""
+    from parallax.core.errors import UserError
+    from parallax.core.tasks import TaskBoard
+    from parallax.engine.api import load_run
+
+    state = await load_run(store, run_id)
+    assert state.plan is not None
+    step = next((s for s in state.plan.steps if s.tasks is not None), None)
+    if step is None or step.tasks is None:
+        raise UserError(f"run {run_id} has no task graph")
+    spec = TaskGraphSpec.model_validate(step.tasks)
+    return spec, state.tasks or TaskBoard.of(spec)
+
+
+async def decide_review(
+    store: StreamStore, run_id: str, repo: Path, task_id: str, *, approve: bool, note: str, by: str
+) -> str:
+    """A person's decision on a finished task: approving merges it into the integration branch
+    (`task.merged`); rejecting sends it back to the agent with the note (`task.requeued`)."""
+    from parallax.core.errors import UserError
+
+    _, board = await task_graph_of(store, run_id)
+    if task_id not in board.tasks:
+        raise UserError(f"run {run_id} has no task {task_id!r}")
+    state = board.tasks[task_id]
+    if state.status != "succeeded":
+        raise UserError(f"task {task_id} is {state.status}, not waiting for review")
+    stream = f"runs/{run_id}/control"
+
+    async def append(event: Event) -> None:
+        headers, body = event.encode()
+        await store.append(stream, AppendInput([AppendRecord(body=body, headers=headers)]))
+
+    if not approve:
+        await append(Event(TASK_REQUEUED, {"task": task_id, "reason": f"{by}: {note or 'rejected'}", "by": by}))
+        return f"sent {task_id} back to its agent"
+    workspaces = await Workspaces.open(repo, run_id)
+    path = await workspaces.integration_worktree()
+    assert state.commit is not None
+    conflict = await git.merge(path, state.commit, f"parallax {run_id}: merge {task_id} (approved by {by})")
+    if conflict is not None:
+        reason = f"merging into {workspaces.integration_branch} conflicts in {', '.join(conflict.files)}"
+        await append(Event(TASK_REQUEUED, {"task": task_id, "reason": reason, "by": by}))
+        raise UserError(f"{reason}; sent {task_id} back to its agent")
+    await append(Event(TASK_MERGED, {"task": task_id, "commit": await git.head(path), "by": by, "note": note}))
+    return f"merged {task_id} into {workspaces.integration_branch}"

@@ -412,6 +412,7 @@ def compile_tasks(c: Compiler) -> list[Step]:
             workers=data.get("workers", 4),
             lease_s=data.get("lease_s", 30.0),
             verify=data.get("verify"),
+            review=data.get("review_queue", False),
         )
     except ValidationError as e:
         raise c.error(("tasks",), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e

@@ -237,6 +237,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
                   "additionalProperties": _task},
         "workers": {"type": "integer", "minimum": 1, "maximum": 256},
         "lease_s": {"type": "number", "exclusiveMinimum": 0},
+        "review_queue": {"type": "boolean", "description": "tasks: finished work waits for `parallax review`"},
         "verify": {"type": "string", "description": "tasks: run on the integration branch after merging"},
         "approvals": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _approval,
                       "description": "approval gates: the run waits for `parallax approve RUN NAME`"},

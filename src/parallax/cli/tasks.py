@@ -1,0 +1,186 @@
+"""Task graphs from the command line: the board, a task's diff, the review queue, more workers,
+and bringing the integrated result into your branch.
+
+    parallax tasks RUN                 # the board: status, holder, attempt, changed files, errors
+    parallax diff RUN TASK             # what TASK changed (from the commit it started at)
+    parallax review RUN                # the next finished task: its diff and verify output
+    parallax review RUN --approve      # merge it into parallax/RUN/integration
+    parallax review RUN --reject --note "handle the empty cart"   # back to its agent, with the note
+    parallax worker RUN --workers 4    # more workers for a running graph, from this process
+    parallax apply RUN                 # merge parallax/RUN/integration into the current branch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import click
+
+from parallax.cli.context import run_with_store
+from parallax.core.errors import UserError
+from parallax.engine.tasks import TaskRunOptions, decide_review, run_worker, task_graph_of
+from parallax.streams.base import StreamStore
+from parallax.workspaces import git
+from parallax.workspaces.workspace import Workspaces
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tasks(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """The task board of RUN_ID."""
+
+    async def go(store: StreamStore) -> list[dict[str, Any]]:
+        spec, board = await task_graph_of(store, run_id)
+        return [
+            {
+                "task": t.id,
+                "status": board.tasks[t.id].status,
+                "holder": board.tasks[t.id].holder,
+                "attempt": board.tasks[t.id].attempt,
+                "after": list(t.after),
+                "writes": list(t.writes),
+                "changed": list(board.tasks[t.id].changed),
+                "commit": board.tasks[t.id].commit,
+                "error": board.tasks[t.id].error,
+            }
+            for t in spec.tasks
+        ]
+
+    rows = run_with_store(ctx, go)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        detail = row["error"] or (f"{len(row['changed'])} file(s) changed" if row["changed"] else "")
+        holder = f" by {row['holder']}" if row["status"] in ("claimed", "running") else ""
+        click.echo(f"{row['task']:<20} {row['status']:<10} x{row['attempt']}{holder}  {detail}")
+
+
+async def _task_diff(store: StreamStore, run_id: str, task_id: str, repo: Path) -> tuple[Any, str]:
+    _, board = await task_graph_of(store, run_id)
+    if task_id not in board.tasks:
+        raise UserError(f"run {run_id} has no task {task_id!r}")
+    state = board.tasks[task_id]
+    if not state.commit or not state.base:
+        raise UserError(f"task {task_id} has no commit yet ({state.status})")
+    return state, await git.diff(repo, state.base, state.commit)
+
+
+@click.command()
+@click.argument("run_id")
+@click.argument("task")
+@click.pass_context
+def diff(ctx: click.Context, run_id: str, task: str) -> None:
+    """What TASK changed, from the commit it started at (run in the repository)."""
+
+    async def go(store: StreamStore) -> str:
+        _, text = await _task_diff(store, run_id, task, Path.cwd())
+        return text
+
+    click.echo(run_with_store(ctx, go), nl=False)
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--task", "task_id", default=None, help="Review this task (default: the next waiting one).")
+@click.option("--approve", is_flag=True, help="Merge it into the integration branch.")
+@click.option("--reject", is_flag=True, help="Send it back to its agent with --note.")
+@click.option("--note", default="", help="What the agent should know (kept on the log).")
+@click.option("--by", default=None, help="Who decides (default: $USER).")
+@click.pass_context
+def review(
+    ctx: click.Context, run_id: str, task_id: str | None, approve: bool, reject: bool, note: str, by: str | None
+) -> None:
+    """The review queue: finished tasks wait here when the graph says `review: true`."""
+    if approve and reject:
+        raise UserError("--approve or --reject, not both")
+    who = by or os.environ.get("USER") or "someone"
+
+    async def go(store: StreamStore) -> str:
+        _, board = await task_graph_of(store, run_id)
+        waiting = board.awaiting_review()
+        chosen = task_id or (waiting[0] if waiting else None)
+        if chosen is None:
+            return "nothing is waiting for review"
+        if approve or reject:
+            return await decide_review(store, run_id, Path.cwd(), chosen, approve=approve, note=note, by=who)
+        state, text = await _task_diff(store, run_id, chosen, Path.cwd())
+        verify = await _verify_output(store, run_id, chosen)
+        more = f" ({len(waiting) - 1} more waiting)" if len(waiting) > 1 else ""
+        return (
+            f"task {chosen}: {state.status}, attempt {state.attempt}{more}\n"
+            f"verify: {verify}\n\n{text}\n"
+            f"parallax review {run_id} --task {chosen} --approve   |   --reject --note '...'"
+        )
+
+    click.echo(run_with_store(ctx, go))
+
+
+async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
+    from parallax.core.errors import StreamNotFound
+
+    try:
+        records = await store.read_all(f"runs/{run_id}/agents/{task_id}")
+    except StreamNotFound:
+        return "(no log)"
+    for record in reversed(records):
+        data = json.loads(record.body) if record.body.startswith(b"{") else {}
+        if "verify_exit" in data:
+            return f"exit {data['verify_exit']}\n{data.get('verify_output', '')}"
+    return "(no verify command)"
+
+
+@click.command()
+@click.argument("run_id")
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option("--sandbox", is_flag=True, help="Run every task in the sandbox.")
+@click.pass_context
+def worker(ctx: click.Context, run_id: str, workers: int, sandbox: bool) -> None:
+    """Claim and run tasks of RUN_ID from this process (in the same repository), until the
+    graph is finished."""
+    import asyncio
+
+    async def go(store: StreamStore) -> int:
+        spec, _ = await task_graph_of(store, run_id)
+        options = TaskRunOptions(repo=Path.cwd(), sandbox=sandbox)
+        prefix = f"worker-{secrets.token_hex(3)}"
+        counts = await asyncio.gather(
+            *(run_worker(store, run_id, f"{prefix}-{i}", spec, options) for i in range(workers))
+        )
+        return sum(counts)
+
+    ran = run_with_store(ctx, go)
+    click.echo(f"ran {ran} task(s)")
+
+
+@click.command()
+@click.argument("run_id")
+@click.pass_context
+def apply(ctx: click.Context, run_id: str) -> None:
+    """Merge RUN_ID's integration branch into the current branch (only when you ask)."""
+
+    async def go(store: StreamStore) -> str:
+        await task_graph_of(store, run_id)
+        workspaces = await Workspaces.open(Path.cwd(), run_id)
+        repo = workspaces.repo
+        if not await git.ref_exists(repo, workspaces.integration_branch):
+            raise UserError(f"run {run_id} has no integration branch yet")
+        status = await git.git(repo, "status", "--porcelain", "--untracked-files=no")
+        if status.out.strip():
+            raise UserError("the working tree has uncommitted changes; commit or stash them first")
+        conflict = await git.merge(repo, workspaces.integration_branch, f"parallax apply {run_id}")
+        if conflict is not None:
+            raise UserError(f"merging {workspaces.integration_branch} conflicts in {', '.join(conflict.files)}")
+        current = (await git.git(repo, "branch", "--show-current")).out.strip()
+        return f"merged {workspaces.integration_branch} into {current}"
+
+    click.echo(run_with_store(ctx, go))
+
+
+COMMANDS = [tasks, diff, review, worker, apply]
