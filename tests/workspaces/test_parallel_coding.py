@@ -222,3 +222,25 @@ def test_the_board_is_a_fold_of_the_log(tmp_path: Path, workers: int) -> None:
             return await load_run(store, "t")
 
     assert asyncio.run(again()).tasks.tasks["a"].status == "merged"  # type: ignore[union-attr]
+
+
+def test_a_cli_preset_agent_works_inside_its_worktree(tmp_path: Path) -> None:
+    """A stand-in executable named claude (a test double for the real CLI) edits a file in its
+    working directory and reports in claude's stream-json format."""
+    repo = init_repo(tmp_path / "r", {"README.md": "old\n"})
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, pathlib\n"
+        "pathlib.Path('README.md').write_text('new\\n')\n"
+        "print(json.dumps({'type': 'result', 'subtype': 'success', 'is_error': False, 'result': 'edited in ' + os.getcwd()}))\n"
+    )
+    fake.chmod(0o755)
+    doc = {"pattern": "tasks", "name": "cli", "workers": 1,
+           "tasks": {"docs": {"prompt": "Update the README.", "writes": ["README.md"], "agent": {"kind": "cli", "preset": "claude"}}}}  # fmt: skip
+    state = run_tasks(tmp_path, repo, doc, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert state.status == "succeeded", state.steps["tasks"].error
+    assert sh(repo, "git", "show", "parallax/t/integration:README.md") == "new\n"
+    assert (repo / "README.md").read_text() == "old\n"  # the user's checkout is untouched

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from parallax.core.plan import AgentSpec, find_cycle
 
@@ -107,11 +107,21 @@ class TaskGraphSpec(BaseModel):
                     )
         return self
 
-    def task(self, task_id: str) -> TaskSpec:
+    _index: dict[str, TaskSpec] = PrivateAttr(default_factory=dict)
+    _dependents: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any) -> None:
+        self._index = {t.id: t for t in self.tasks}
+        self._dependents = {t.id: [] for t in self.tasks}
         for task in self.tasks:
-            if task.id == task_id:
-                return task
-        raise KeyError(task_id)
+            for dep in task.after:
+                self._dependents.setdefault(dep, []).append(task.id)
+
+    def task(self, task_id: str) -> TaskSpec:
+        return self._index[task_id]
+
+    def dependents(self, task_id: str) -> list[str]:
+        return self._dependents[task_id]
 
 
 # Write sets
@@ -186,25 +196,25 @@ class TaskBoard:
         board._derive()
         return board
 
-    def _derive(self) -> None:
-        """pending / ready / blocked follow from the dependencies."""
-        changed = True
-        while changed:
-            changed = False
-            for spec in self.spec.tasks:
-                state = self.tasks[spec.id]
-                if state.status not in ("pending", "ready", "blocked"):
-                    continue
-                deps = [self.tasks[d].status for d in spec.after]
-                if any(s in ("failed", "blocked", "cancelled") for s in deps):
-                    new: TaskStatus = "blocked"
-                elif all(s in DONE_FOR_DEPENDENTS for s in deps):
-                    new = "ready"
-                else:
-                    new = "pending"
-                if new != state.status:
-                    state.status = new
-                    changed = True
+    def _derive(self, changed: str | None = None) -> None:
+        """pending / ready / blocked follow from the dependencies: re-derive the tasks below
+        `changed` (all of them when None), in dependency order."""
+        queue = [t.id for t in self.spec.tasks] if changed is None else list(self.spec.dependents(changed))
+        while queue:
+            task_id = queue.pop(0)
+            state = self.tasks[task_id]
+            if state.status not in ("pending", "ready", "blocked"):
+                continue
+            deps = [self.tasks[d].status for d in self.spec.task(task_id).after]
+            if any(s in ("failed", "blocked", "cancelled") for s in deps):
+                new: TaskStatus = "blocked"
+            elif all(s in DONE_FOR_DEPENDENTS for s in deps):
+                new = "ready"
+            else:
+                new = "pending"
+            if new != state.status:
+                state.status = new
+                queue.extend(self.spec.dependents(task_id))
 
     def claimable(self, task_id: str, now_ms: int) -> bool:
         state = self.tasks[task_id]
@@ -308,7 +318,7 @@ class TaskBoard:
             ok = False
         if ok:
             state.history.append(kind)
-            self._derive()
+            self._derive(task_id)
         else:
             self.ignored += 1
         return ok
