@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,7 @@ async def double_claims(db: Path) -> tuple[int, int]:
     doubles = 0
     for held in spans.values():
         held.sort()
-        if any(b[0] < a[1] for a, b in zip(held, held[1:], strict=False)):
+        if any(b[0] < a[1] for a, b in itertools.pairwise(held)):
             doubles += 1
     return doubles, sum(1 for e in events if e.type == "task.claimed")
 

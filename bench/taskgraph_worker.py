@@ -12,7 +12,7 @@ from parallax.streams.sqlite import SqliteStore
 
 
 async def main(db: str, run_id: str, spec_file: str, worker: str) -> None:
-    spec = TaskGraphSpec.model_validate_json(Path(spec_file).read_text())
+    spec = TaskGraphSpec.model_validate_json(Path(spec_file).read_bytes())  # noqa: ASYNC240 (once, at start)
     async with SqliteStore(db) as store:
         client = TaskClient(store, run_id, worker, spec)
         while True:
