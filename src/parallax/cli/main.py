@@ -10,6 +10,7 @@ from parallax import __version__
 from parallax.cli.context import CliContext, exit_code_for, fail
 from parallax.cli.demo import demo
 from parallax.cli.live import COMMANDS as LIVE_COMMANDS
+from parallax.cli.planner import COMMANDS as PLANNER_COMMANDS
 from parallax.cli.runs import COMMANDS as RUN_COMMANDS
 from parallax.cli.streams import streams
 from parallax.cli.tasks import COMMANDS as TASK_COMMANDS
@@ -43,7 +44,7 @@ def cli(ctx: click.Context, store_url: str | None) -> None:
     ctx.obj = CliContext(store_url=store_url or settings.default_store_url(), settings=settings)
 
 
-for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, streams, demo):
+for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, *PLANNER_COMMANDS, streams, demo):
     cli.add_command(command)
 
 

@@ -329,9 +329,18 @@ def compile(target: str, inputs: tuple[str, ...], as_json: bool) -> None:
         elif step.control is not None:
             templates = ", ".join(str(t.get("role") or t.get("id")) for t in step.control.templates)
             detail = f"control {step.control.kind}" + (f" (adds steps from: {templates})" if templates else "")
-        else:
-            assert step.subrun is not None
+        elif step.subrun is not None:
             detail = f"sub-run of plan {step.subrun.plan.get('name')}"
+        else:
+            assert step.tasks is not None
+            from parallax.core.tasks import TaskGraphSpec
+
+            graph = TaskGraphSpec.model_validate(step.tasks)
+            detail = f"task graph of {len(graph.tasks)} task(s), {graph.workers} worker(s)"
+            for task in graph.tasks:
+                deps = f" after {', '.join(task.after)}" if task.after else ""
+                contracts = f"; owns {', '.join(task.contracts)}" if task.contracts else ""
+                click.echo(f"    {task.id:<20} writes {len(task.writes)} path(s){contracts}{deps}")
         extra = f" -> {step.output}" if step.output else ""
         timeout = f" timeout {step.timeout_s:g}s" if step.timeout_s else ""
         click.echo(f"  {step.id:<16} {detail}{extra}{after}{timeout}")
