@@ -95,7 +95,7 @@ def test_the_graph_is_cached_per_revision_and_reads_past_revisions(repo: Path) -
 def test_tarjan_is_iterative() -> None:
     chain = {f"m{i}": {f"m{i + 1}"} for i in range(20000)}
     chain["m20000"] = {"m0"}
-    components = strongly_connected(list(chain) + ["m20000"], chain)
+    components = strongly_connected([*chain, "m20000"], chain)
     assert max(len(c) for c in components) == 20001
 
 
