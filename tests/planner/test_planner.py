@@ -36,6 +36,11 @@ FILES = {
     "web/src/client.ts": "export const api = 1;\n",
     "web/lib/util.js": "module.exports = {};\n",
     "README.md": "# app\n",
+    "app/lazy.py": (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from app.models import User\n"
+        "def f():\n    from app.billing import tax\n"
+        "try:\n    import app.db\nexcept ImportError:\n    pass\n"
+    ),
 }
 
 
@@ -71,15 +76,21 @@ def test_imports_are_resolved_exactly(repo: Path) -> None:
     assert graph.deps("app/billing/invoice.py") == ["app/billing/tax.py", "app/models.py"]
     assert graph.deps("web/src/index.ts") == ["web/lib/util.js", "web/src/api.ts"]  # 'react' is a package
     assert graph.deps("web/src/api.ts") == ["web/src/client.ts"]
-    assert graph.dependents("app/models.py") == ["app/api/routes.py", "app/billing/invoice.py", "app/db.py"]
+    assert graph.dependents("app/models.py") == [
+        "app/api/routes.py",
+        "app/billing/invoice.py",
+        "app/db.py",
+        "app/lazy.py",
+    ]
+    assert graph.deps("app/lazy.py") == ["app/billing/tax.py", "app/db.py", "app/models.py"]  # nested imports too
     assert graph.cycles() == [["app/api/handlers.py", "app/api/routes.py"]]
     assert graph.tests_for("app/models.py") == ["tests/test_api.py", "tests/test_billing.py"]
     assert graph.tests_for("app/billing/tax.py") == ["tests/test_billing.py"]
     assert graph.definitions["app/models.py"] == ["User", "Order"]
-    assert graph.users["app/models.py::User"] == {"app/db.py"}
+    assert graph.users["app/models.py::User"] == {"app/db.py", "app/lazy.py"}
     assert graph.users["app/models.py::Order"] == {"app/api/routes.py"}
     assert graph.files["tests/test_api.py"]["test"] and not graph.files["app/db.py"]["test"]
-    assert graph.cochange[("app/billing/invoice.py", "app/billing/tax.py")] == 4 + 1 / 16  # + the 17-file first commit
+    assert graph.cochange[("app/billing/invoice.py", "app/billing/tax.py")] == 4 + 1 / 17  # + the 18-file first commit
     assert graph.changes["app/config.py"] == 5
 
 
@@ -208,7 +219,7 @@ def test_graph_cli(repo: Path) -> None:
     deps = runner.invoke(cli, ["graph", "query", str(repo), "--deps", "app/db.py", "--json"])
     assert json.loads(deps.output) == ["app/config.py", "app/models.py"]
     coupled = runner.invoke(cli, ["graph", "query", str(repo), "--coupled", "app/billing/tax.py", "--json"])
-    assert json.loads(coupled.output)[0] == {"file": "app/billing/invoice.py", "weight": 4.062}
+    assert json.loads(coupled.output)[0] == {"file": "app/billing/invoice.py", "weight": 4.059}
     dot = runner.invoke(cli, ["graph", str(repo), "--dot"])
     assert '"app/db.py" -> "app/models.py";' in dot.output
     missing = runner.invoke(cli, ["graph", "query", str(repo), "--deps", "nope.py"])

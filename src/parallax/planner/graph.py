@@ -269,7 +269,7 @@ def _python_imports(
         package = posixpath.dirname(path)
     found: set[str] = set()
     named: list[tuple[str, str]] = []
-    for node in ast.walk(tree):
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 target = _resolve_dotted(alias.name, modules, path)
@@ -306,6 +306,25 @@ def _python_imports(
     definitions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
     found.discard(path)
     return found, definitions, named
+
+
+def _import_statements(tree: ast.Module) -> Iterable[ast.stmt]:
+    """Every statement, nested ones included, without walking expressions (imports are
+    statements, and expressions are most of a tree)."""
+    stack: list[ast.stmt] = list(reversed(tree.body))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+            continue
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, name, None)
+            if isinstance(children, list):
+                for child in reversed(children):
+                    if isinstance(child, ast.stmt):
+                        stack.append(child)
+                    else:  # except handlers and match cases hold statements one level down
+                        stack.extend(reversed([c for c in getattr(child, "body", []) if isinstance(c, ast.stmt)]))
 
 
 def _resolve_dotted(dotted: str, modules: _PythonModules, near: str) -> str | None:
