@@ -12,6 +12,7 @@ from parallax.cli.demo import demo
 from parallax.cli.live import COMMANDS as LIVE_COMMANDS
 from parallax.cli.planner import COMMANDS as PLANNER_COMMANDS
 from parallax.cli.runs import COMMANDS as RUN_COMMANDS
+from parallax.cli.serve import COMMANDS as SERVE_COMMANDS
 from parallax.cli.streams import streams
 from parallax.cli.tasks import COMMANDS as TASK_COMMANDS
 from parallax.core.errors import ParallaxError
@@ -44,7 +45,7 @@ def cli(ctx: click.Context, store_url: str | None) -> None:
     ctx.obj = CliContext(store_url=store_url or settings.default_store_url(), settings=settings)
 
 
-for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, *PLANNER_COMMANDS, streams, demo):
+for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, *PLANNER_COMMANDS, *SERVE_COMMANDS, streams, demo):
     cli.add_command(command)
 
 

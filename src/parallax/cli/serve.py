@@ -1,0 +1,54 @@
+"""`parallax serve`: the control plane on this machine.
+
+parallax serve                          # 127.0.0.1:8717, token from $PARALLAX_TOKEN or .parallax/server-token
+parallax serve --host 0.0.0.0           # refused unless PARALLAX_TOKEN is set explicitly
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import click
+
+from parallax.cli.context import CliContext
+from parallax.core.errors import UserError
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8717, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the generated token is kept (default: .parallax/server-token beside the store).")  # fmt: skip
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, token_file: Path | None) -> None:
+    """Serve the HTTP API and the live dashboard."""
+    import uvicorn
+
+    from parallax.server.app import create_app
+    from parallax.server.auth import load_or_create_token
+    from parallax.settings import find_project_root
+
+    cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
+    token = os.environ.get("PARALLAX_TOKEN")
+    if not _loopback(host) and not token:
+        raise UserError(f"refusing to listen on {host} without PARALLAX_TOKEN: set a token to serve beyond loopback")
+    if not token:
+        path = token_file or (find_project_root(Path.cwd()) / ".parallax" / "server-token")
+        token = load_or_create_token(path)
+        click.echo(f"token in {path} (mode 0600)", err=True)
+    click.echo(f"dashboard: http://{host}:{port}/?token=<token>   API: http://{host}:{port}/docs", err=True)
+    uvicorn.run(create_app(cli.store_url, token), host=host, port=port, log_level="warning")
+
+
+COMMANDS = [serve]

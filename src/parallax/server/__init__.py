@@ -1,0 +1,1 @@
+"""The control plane: HTTP API, auth, live dashboard (`parallax serve`)."""

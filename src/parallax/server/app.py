@@ -1,0 +1,318 @@
+"""`parallax serve`: the control plane's HTTP API (FastAPI; OpenAPI at /openapi.json) and the
+live dashboard at /.
+
+Runs execute in the server process. Every endpoint but /health needs a bearer token (the admin
+token, or a run-scoped one for that run's endpoints and streams); SSE endpoints also accept
+`?token=` because browsers' EventSource cannot set headers. Streams tail over Server-Sent
+Events, one event per record with `id: <seq>`, resumable with `Last-Event-ID`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
+from parallax.core.events import decode_event
+from parallax.core.state import describe
+from parallax.engine import api, live
+from parallax.engine.control import control_stream
+from parallax.engine.runner import Runner, RunOptions
+from parallax.server.auth import Principal, Tokens
+from parallax.streams.base import Record, StreamStore
+from parallax.streams.url import open_store
+
+
+class RunRequest(BaseModel):
+    pattern: str | None = Field(default=None, description="A YAML pattern, as text")
+    target: str | None = Field(default=None, description="Or a target the server can load (file.yaml, file.py:attr)")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    run_id: str | None = None
+
+
+class ForkRequest(BaseModel):
+    at: int = Field(ge=1)
+    run_id: str | None = None
+
+
+class TokenRequest(BaseModel):
+    ttl_s: float = Field(default=3600, gt=0, le=7 * 24 * 3600)
+
+
+class Decision(BaseModel):
+    step: str
+    approved: bool = True
+    note: str = ""
+    by: str = "api"
+
+
+class Message(BaseModel):
+    to: str
+    text: str
+    by: str = "api"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.sse_clients = 0
+        self.sse_events = 0
+        self.runs_started = 0
+
+
+def _record_json(record: Record) -> dict[str, Any]:
+    headers = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in record.headers}
+    try:
+        body: Any = json.loads(record.body) if record.body else None
+    except ValueError:
+        body = {"base64": base64.b64encode(record.body).decode()}
+    return {"seq": record.seq_num, "timestamp": record.timestamp, "headers": headers, "body": body}
+
+
+def create_app(store_url: str, admin_token: str) -> FastAPI:
+    tokens = Tokens(admin_token)
+    metrics = Metrics()
+    running: dict[str, asyncio.Task[Any]] = {}
+    state: dict[str, StreamStore] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["store"] = open_store(store_url)
+        try:
+            yield
+        finally:
+            for task in running.values():
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+            await state["store"].close()
+
+    app = FastAPI(title="Parallax control plane", version="1", lifespan=lifespan)
+
+    def store() -> StreamStore:
+        return state["store"]
+
+    def principal(request: Request) -> Principal:
+        metrics.requests += 1
+        header = request.headers.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+        token = token or request.query_params.get("token")
+        who = tokens.check(token)
+        if who is None:
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        return who
+
+    def admin(who: Principal = Depends(principal)) -> Principal:
+        if not who.admin:
+            raise HTTPException(403, "this needs the admin token")
+        return who
+
+    def for_run(run_id: str, who: Principal) -> None:
+        if not who.may_access_run(run_id):
+            raise HTTPException(403, f"this token is not for run {run_id}")
+
+    @app.exception_handler(ParallaxError)
+    async def parallax_error(request: Request, error: ParallaxError) -> PlainTextResponse:
+        status = (
+            404 if isinstance(error, RunNotFound | StreamNotFound) else 400 if isinstance(error, UserError) else 409
+        )
+        return PlainTextResponse(str(error), status_code=status)
+
+    def start(run_id: str) -> None:
+        async def go() -> None:
+            try:
+                await Runner(store(), run_id, RunOptions()).run()
+            finally:
+                running.pop(run_id, None)
+
+        metrics.runs_started += 1
+        running[run_id] = asyncio.create_task(go(), name=f"run:{run_id}")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "running": len(running)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text(who: Principal = Depends(admin)) -> str:
+        lines = [
+            "# TYPE parallax_http_requests_total counter", f"parallax_http_requests_total {metrics.requests}",
+            "# TYPE parallax_runs_started_total counter", f"parallax_runs_started_total {metrics.runs_started}",
+            "# TYPE parallax_runs_running gauge", f"parallax_runs_running {len(running)}",
+            "# TYPE parallax_sse_clients gauge", f"parallax_sse_clients {metrics.sse_clients}",
+            "# TYPE parallax_sse_events_total counter", f"parallax_sse_events_total {metrics.sse_events}",
+        ]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+    @app.post("/runs", status_code=201)
+    async def create(body: RunRequest, who: Principal = Depends(admin)) -> dict[str, str]:
+        from parallax.patterns.load import load_target
+        from parallax.patterns.yaml_loader import compile_pattern
+
+        if (body.pattern is None) == (body.target is None):
+            raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
+        plan = (
+            compile_pattern(body.pattern, "<request>", body.inputs)
+            if body.pattern
+            else load_target(body.target or "", body.inputs)
+        )
+        run_id = await api.create_run(store(), plan, run_id=body.run_id, source=body.target or "api")
+        start(run_id)
+        return {"run_id": run_id}
+
+    @app.get("/runs")
+    async def runs(who: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        return [r.__dict__ for r in await api.list_runs(store())]
+
+    @app.get("/runs/{run_id}")
+    async def get_run(run_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        for_run(run_id, who)
+        view = describe(await api.load_run(store(), run_id))
+        view["live"] = run_id in running
+        return view
+
+    @app.post("/runs/{run_id}/cancel")
+    async def cancel(run_id: str, who: Principal = Depends(principal)) -> dict[str, str]:
+        for_run(run_id, who)
+        await api.request_cancel(store(), run_id, "cancelled over the API")
+        return {"run_id": run_id, "status": "cancel requested"}
+
+    @app.post("/runs/{run_id}/resume")
+    async def resume(run_id: str, who: Principal = Depends(admin)) -> dict[str, str]:
+        state_ = await api.load_run(store(), run_id)
+        if state_.finished:
+            raise HTTPException(409, f"run {run_id} already finished ({state_.status})")
+        if run_id not in running:
+            start(run_id)
+        return {"run_id": run_id, "status": "running"}
+
+    @app.post("/runs/{run_id}/fork", status_code=201)
+    async def fork(run_id: str, body: ForkRequest, who: Principal = Depends(admin)) -> dict[str, str]:
+        new_id = await api.fork_run(store(), run_id, body.at, new_run_id=body.run_id)
+        start(new_id)
+        return {"run_id": new_id}
+
+    @app.post("/runs/{run_id}/tokens", status_code=201)
+    async def issue(run_id: str, body: TokenRequest, who: Principal = Depends(admin)) -> dict[str, Any]:
+        await api.load_run(store(), run_id)
+        token, expiry = tokens.issue(run_id, body.ttl_s)
+        return {"token": token, "run_id": run_id, "expires_at": expiry}
+
+    @app.post("/runs/{run_id}/approve")
+    async def approve(run_id: str, body: Decision, who: Principal = Depends(principal)) -> dict[str, str]:
+        for_run(run_id, who)
+        await api.decide_gate(store(), run_id, body.step, approved=body.approved, by=body.by, note=body.note)
+        return {"run_id": run_id, "step": body.step, "decision": "approved" if body.approved else "rejected"}
+
+    @app.post("/runs/{run_id}/topology")
+    async def topology(run_id: str, action: dict[str, Any], who: Principal = Depends(principal)) -> dict[str, Any]:
+        for_run(run_id, who)
+        seq = await live.request_topology(store(), run_id, action, "api")
+        return {"run_id": run_id, "seq": seq}
+
+    @app.post("/runs/{run_id}/messages")
+    async def message(run_id: str, body: Message, who: Principal = Depends(principal)) -> dict[str, Any]:
+        for_run(run_id, who)
+        seq = await live.send_message(store(), run_id, body.to, body.text, body.by)
+        return {"run_id": run_id, "seq": seq}
+
+    @app.get("/streams")
+    async def streams(prefix: str = "", limit: int = 1000, who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+        if not who.admin and not prefix.startswith(f"runs/{who.run}/"):
+            raise HTTPException(403, f"this token may list runs/{who.run}/ only")
+        infos = await store().list(prefix, limit=min(max(limit, 1), 1000))
+        return [{"name": i.name, "created_at": i.created_at} for i in infos]
+
+    @app.get("/streams/{name:path}/records")
+    async def records(
+        name: str, start: int = 0, limit: int = 1000, who: Principal = Depends(principal)
+    ) -> list[dict[str, Any]]:
+        if not who.may_access_stream(name):
+            raise HTTPException(403, f"this token may not read {name}")
+        from parallax.streams.base import ReadLimit, SeqNum
+
+        batch = await store().read(name, SeqNum(max(start, 0)), limit=ReadLimit(count=min(max(limit, 1), 1000)))
+        return [_record_json(r) for r in batch.records]
+
+    async def sse(name: str, start: int, request: Request) -> AsyncIterator[bytes]:
+        metrics.sse_clients += 1
+        try:
+            yield b"retry: 1000\n\n"
+            async for record in store().tail(name, start, missing_ok=True):
+                if await request.is_disconnected():
+                    return
+                data = json.dumps(_record_json(record), separators=(",", ":"))
+                metrics.sse_events += 1
+                yield f"id: {record.seq_num}\nevent: record\ndata: {data}\n\n".encode()
+        finally:
+            metrics.sse_clients -= 1
+
+    def resume_from(request: Request, start: int) -> int:
+        last = request.headers.get("last-event-id")
+        return int(last) + 1 if last and last.isdigit() else start
+
+    @app.get("/streams/{name:path}/events")
+    async def stream_events(name: str, request: Request, start: int = 0, who: Principal = Depends(principal)) -> Any:
+        if not who.may_access_stream(name):
+            raise HTTPException(403, f"this token may not read {name}")
+        return StreamingResponse(sse(name, resume_from(request, start), request), media_type="text/event-stream")
+
+    @app.get("/runs/{run_id}/events")
+    async def run_events(run_id: str, request: Request, start: int = 0, who: Principal = Depends(principal)) -> Any:
+        for_run(run_id, who)
+        stream = control_stream(run_id)
+        return StreamingResponse(sse(stream, resume_from(request, start), request), media_type="text/event-stream")
+
+    @app.get("/runs/{run_id}/live")
+    async def run_live(run_id: str, request: Request, who: Principal = Depends(principal)) -> Any:
+        """Everything of a run as it happens, for the dashboard: control events and every agent
+        stream's records, multiplexed (`event: control` / `event: agent`)."""
+        for_run(run_id, who)
+        await api.load_run(store(), run_id)
+        return StreamingResponse(_multiplex(run_id, request), media_type="text/event-stream")
+
+    async def _multiplex(run_id: str, request: Request) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[tuple[str, str, Record]] = asyncio.Queue(maxsize=10_000)
+        tails: dict[str, asyncio.Task[None]] = {}
+
+        async def follow(kind: str, name: str) -> None:
+            async for record in store().tail(name, 0, missing_ok=True):
+                await queue.put((kind, name, record))
+
+        tails[control_stream(run_id)] = asyncio.create_task(follow("control", control_stream(run_id)))
+        metrics.sse_clients += 1
+        try:
+            yield b"retry: 1000\n\n"
+            while not await request.is_disconnected():
+                try:
+                    kind, name, record = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if kind == "control":
+                    event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                    if event is not None and event.step and event.type == "step.started":
+                        agent = f"runs/{run_id}/agents/{event.step}"
+                        if agent not in tails:
+                            tails[agent] = asyncio.create_task(follow("agent", agent))
+                payload = {"stream": name, **_record_json(record)}
+                metrics.sse_events += 1
+                yield f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+        finally:
+            metrics.sse_clients -= 1
+            for task in tails.values():
+                task.cancel()
+            await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> str:
+        return resources.files("parallax.server").joinpath("dashboard.html").read_text()
+
+    return app
