@@ -27,7 +27,10 @@ def new_run_id(name: str = "run") -> str:
 
 
 def _record(event: Event) -> AppendRecord:
-    headers, body = event.encode()
+    try:
+        headers, body = event.encode()
+    except TypeError as e:  # orjson: integers past 64 bits, non-string keys, ...
+        raise UserError(f"{event.type} cannot be stored: {e}") from None
     return AppendRecord(body=body, headers=headers)
 
 

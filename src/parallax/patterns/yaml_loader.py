@@ -72,6 +72,11 @@ def _to_python(node: yaml.Node, path: Path_, where: Located) -> Any:
     return yaml.SafeLoader(stream="").construct_object(node, deep=True)
 
 
+def _position(text: str, offset: int) -> tuple[int, int]:
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Located]:
     where = Located(file)
     try:
@@ -80,6 +85,11 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Located]:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise PlanError(f"{file}:{line}:{col}: not valid YAML: {e.problem or e}") from e
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (a control character, ...)
+        line, col = _position(text, e.position)
+        raise PlanError(f"{file}:{line}:{col}: not valid YAML: {e.reason} (character {e.character!r})") from e
+    except yaml.YAMLError as e:
+        raise PlanError(f"{file}:1:1: not valid YAML: {e}") from e
     if node is None:
         raise PlanError(f"{file}:1:1: the file is empty; a pattern needs at least pattern, name and agents")
     return _to_python(node, (), where), where

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
@@ -28,6 +29,7 @@ from parallax.engine import api, live
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
 from parallax.server.auth import Principal, Tokens
+from parallax.server.scheduler import Schedule, Scheduler
 from parallax.streams.base import Record, StreamStore
 from parallax.streams.url import open_store
 
@@ -36,12 +38,12 @@ class RunRequest(BaseModel):
     pattern: str | None = Field(default=None, description="A YAML pattern, as text")
     target: str | None = Field(default=None, description="Or a target the server can load (file.yaml, file.py:attr)")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    run_id: str | None = None
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class ForkRequest(BaseModel):
     at: int = Field(ge=1)
-    run_id: str | None = None
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 class TokenRequest(BaseModel):
@@ -78,18 +80,45 @@ def _record_json(record: Record) -> dict[str, Any]:
     return {"seq": record.seq_num, "timestamp": record.timestamp, "headers": headers, "body": body}
 
 
-def create_app(store_url: str, admin_token: str) -> FastAPI:
+class ScheduleRequest(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+    cron: str = Field(description="5 fields, or 6 with seconds first")
+    pattern: str | None = None
+    target: str | None = None
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    missed: Literal["skip", "once"] = "skip"
+
+
+def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.5) -> FastAPI:
     tokens = Tokens(admin_token)
     metrics = Metrics()
     running: dict[str, asyncio.Task[Any]] = {}
     state: dict[str, StreamStore] = {}
+    schedulers: dict[str, Scheduler] = {}
+
+    async def start_scheduled(schedule: Schedule, run_id: str) -> str:
+        from parallax.patterns.load import load_target
+        from parallax.patterns.yaml_loader import compile_pattern
+
+        if schedule.pattern:
+            plan = compile_pattern(schedule.pattern, f"<schedule {schedule.id}>", schedule.inputs)
+        else:
+            plan = load_target(schedule.target or "", schedule.inputs)
+        with contextlib.suppress(UserError):  # created before a crash: run (resume) it
+            await api.create_run(store(), plan, run_id=run_id, source=f"schedule {schedule.id}")
+        start(run_id)
+        return run_id
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["store"] = open_store(store_url)
+        schedulers["main"] = Scheduler(state["store"], start_scheduled)
+        ticker = asyncio.create_task(schedulers["main"].loop(schedule_interval_s))
         try:
             yield
         finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
             for task in running.values():
                 task.cancel()
             await asyncio.gather(*running.values(), return_exceptions=True)
@@ -310,6 +339,34 @@ def create_app(store_url: str, admin_token: str) -> FastAPI:
             for task in tails.values():
                 task.cancel()
             await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    @app.post("/schedules", status_code=201)
+    async def create_schedule(body: ScheduleRequest, who: Principal = Depends(admin)) -> dict[str, str]:
+        if (body.pattern is None) == (body.target is None):
+            raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
+        if body.pattern is not None:
+            from parallax.patterns.yaml_loader import compile_pattern
+
+            compile_pattern(body.pattern, f"<schedule {body.id}>", body.inputs)  # refuse a bad pattern now
+        run = {"pattern": body.pattern, "target": body.target, "inputs": body.inputs}
+        await schedulers["main"].create(body.id, body.cron, body.missed, **run)
+        return {"id": body.id}
+
+    @app.get("/schedules")
+    async def list_schedules(who: Principal = Depends(admin)) -> dict[str, Any]:
+        scheduler = schedulers["main"]
+        await scheduler.sync()
+        items = [
+            {"id": s.id, "cron": s.cron, "missed": s.missed, "last_due_ms": s.last_due_ms, "runs": s.runs,
+             "next_due_ms": s.next_due(s.last_due_ms or s.created_ms)}
+            for s in scheduler.schedules.values()
+        ]  # fmt: skip
+        return {"schedules": items, "last_error": scheduler.last_error}
+
+    @app.delete("/schedules/{schedule_id}")
+    async def delete_schedule(schedule_id: str, who: Principal = Depends(admin)) -> dict[str, str]:
+        await schedulers["main"].delete(schedule_id)
+        return {"id": schedule_id, "status": "deleted"}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> str:
