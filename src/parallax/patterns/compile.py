@@ -48,6 +48,7 @@ class Compiler:
         self.types = types
         self.roles: dict[str, dict[str, Any]] = data.get("roles", {})
         self.retry = RetryPolicy(**data["retry"]) if "retry" in data else RetryPolicy()
+        self.registry: list[dict[str, Any]] | None = None  # live registered agents, when compiled for a store
 
     def error(self, path: Path_, message: str) -> PlanError:
         return self.where.error(path, message)
@@ -200,9 +201,34 @@ class Compiler:
 
     # Patterns
 
+    def expand_selections(self, agents: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """`select:` entries become one agent per chosen registered agent (`<name>-<id>`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, agent in agents.items():
+            if "select" not in agent:
+                out[name] = agent
+                continue
+            select = agent["select"]
+            wanted = set(select["capabilities"])
+            if self.registry is None:
+                raise self.error(
+                    ("agents", name, "select"), "selecting agents needs the registry (run it through a store)"
+                )
+            chosen = [r for r in self.registry if wanted <= set(r["capabilities"])][: select.get("max", 1000)]
+            low = select.get("min", 1)
+            if len(chosen) < low:
+                have = ", ".join(r["id"] for r in chosen) or "none"
+                found = f"the registry has {len(chosen)} ({have})"
+                message = f"needs {low} live agent(s) with {sorted(wanted)}; {found}"
+                raise self.error(("agents", name, "select"), message)
+            rest = {k: v for k, v in agent.items() if k != "select"}
+            for registered in chosen:
+                out[f"{name}-{registered['id']}"] = {**registered["agent"], **rest}
+        return out
+
     def fanout_like(self) -> list[Step]:
         data = self.data
-        agents = self.agents()
+        agents = self.expand_selections(self.agents())
         names = list(agents)
         steps: list[Step] = []
         for index, (name, agent) in enumerate(agents.items()):
@@ -419,10 +445,17 @@ def compile_tasks(c: Compiler) -> list[Step]:
     return [Step(id="tasks", kind="tasks", tasks=graph.model_dump(mode="json", exclude_defaults=True))]
 
 
-def compile_document(data: dict[str, Any], where: Located, file: str, types: dict[str, dict[str, str]]) -> Plan:
+def compile_document(
+    data: dict[str, Any],
+    where: Located,
+    file: str,
+    types: dict[str, dict[str, str]],
+    registry: list[dict[str, Any]] | None = None,
+) -> Plan:
     from parallax.patterns.cohorts import compile_cohorts, compile_orgchart
 
     compiler = Compiler(data, where, file, types)
+    compiler.registry = registry
     builders: dict[str, Callable[[], list[Step]]] = {
         "fanout": compiler.fanout_like,
         "pipeline": compiler.fanout_like,

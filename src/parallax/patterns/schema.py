@@ -34,6 +34,17 @@ _agent: dict[str, Any] = {
             "description": "breakout: run another pattern (`pattern:`) as a sub-run on its own streams",
         },
         "role": {"type": "string", "pattern": NAME, "description": "take defaults from `roles.<name>`"},
+        "select": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["capabilities"],
+            "description": "registered agents with these capabilities, chosen when the run is created",
+            "properties": {
+                "capabilities": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                "min": {"type": "integer", "minimum": 1},
+                "max": {"type": "integer", "minimum": 1},
+            },
+        },
         "pattern": {"type": "string", "description": "breakout: the pattern file to run, relative to this one"},
         "inputs": {"type": "object", "description": "breakout: inputs for the sub-run ({{...}} templates allowed)"},
         "prompt": {"type": "string", "description": "A template: {{input.x}}, {{steps.<id>.output}}"},

@@ -173,6 +173,7 @@ def compile_pattern(
     file: str = "<pattern>",
     inputs: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    registry: list[dict[str, Any]] | None = None,
 ) -> Plan:
     data, where = parse_yaml(text, file)
     if not isinstance(data, dict):
@@ -187,7 +188,7 @@ def compile_pattern(
             raise where.error(("types", type_name), str(e)) from e
     if inputs:
         data["inputs"] = {**data.get("inputs", {}), **inputs}
-    return compile_document(data, where, file, types)
+    return compile_document(data, where, file, types, registry)
 
 
 def load_pattern(path: str | Path, inputs: Mapping[str, Any] | None = None) -> Plan:

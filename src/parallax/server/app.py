@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
 from parallax.core.events import decode_event
 from parallax.core.state import describe
-from parallax.engine import api, live
+from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
 from parallax.server.auth import Principal, Tokens
@@ -78,6 +78,14 @@ def _record_json(record: Record) -> dict[str, Any]:
     except ValueError:
         body = {"base64": base64.b64encode(record.body).decode()}
     return {"seq": record.seq_num, "timestamp": record.timestamp, "headers": headers, "body": body}
+
+
+class RegisterRequest(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    capabilities: list[str] = Field(min_length=1)
+    agent: dict[str, Any] = Field(description="the agent spec to run it with (kind, model, preset, command, ...)")
+    ttl_s: float = Field(default=60, gt=0, le=86400)
+    meta: dict[str, Any] = Field(default_factory=dict)
 
 
 class ScheduleRequest(BaseModel):
@@ -187,11 +195,11 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
 
         if (body.pattern is None) == (body.target is None):
             raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
-        plan = (
-            compile_pattern(body.pattern, "<request>", body.inputs)
-            if body.pattern
-            else load_target(body.target or "", body.inputs)
-        )
+        if body.pattern:
+            snapshot = registry.live_snapshot(await registry.load_registry(store()))
+            plan = compile_pattern(body.pattern, "<request>", body.inputs, registry=snapshot)
+        else:
+            plan = load_target(body.target or "", body.inputs)
         run_id = await api.create_run(store(), plan, run_id=body.run_id, source=body.target or "api")
         start(run_id)
         return {"run_id": run_id}
@@ -339,6 +347,33 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
             for task in tails.values():
                 task.cancel()
             await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    @app.post("/registry/agents", status_code=201)
+    async def register_agent(body: RegisterRequest, who: Principal = Depends(admin)) -> dict[str, str]:
+        await registry.register(store(), body.id, body.capabilities, body.agent, body.ttl_s, body.meta)
+        return {"id": body.id}
+
+    @app.post("/registry/agents/{agent_id}/heartbeat")
+    async def agent_heartbeat(agent_id: str, who: Principal = Depends(admin)) -> dict[str, str]:
+        await registry.heartbeat(store(), agent_id)
+        return {"id": agent_id}
+
+    @app.delete("/registry/agents/{agent_id}")
+    async def deregister_agent(agent_id: str, who: Principal = Depends(admin)) -> dict[str, str]:
+        await registry.deregister(store(), agent_id)
+        return {"id": agent_id, "status": "deregistered"}
+
+    @app.get("/registry/agents")
+    async def registered(all: bool = False, who: Principal = Depends(admin)) -> list[dict[str, Any]]:
+        import time as clock
+
+        now = int(clock.time() * 1000)
+        return [
+            {"id": r.id, "capabilities": r.capabilities, "agent": r.agent, "ttl_s": r.ttl_s, "live": r.live(now),
+             "last_seen_ms": r.last_seen_ms, "meta": r.meta}
+            for r in sorted((await registry.load_registry(store())).values(), key=lambda r: r.id)
+            if all or r.live(now)
+        ]  # fmt: skip
 
     @app.post("/schedules", status_code=201)
     async def create_schedule(body: ScheduleRequest, who: Principal = Depends(admin)) -> dict[str, str]:
