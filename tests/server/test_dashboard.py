@@ -72,3 +72,31 @@ def test_lanes_stream_and_conflicts_fill(tmp_path: Path) -> None:
             expect(page.locator("#runs")).to_contain_text("succeeded")
         finally:
             browser.close()
+
+
+def test_an_approval_gate_is_decided_from_the_dashboard(tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    pattern = (
+        (ROOT / "examples" / "approval.yaml")
+        .read_text()
+        .replace("scripted:approval.answers.json", f"scripted:{ROOT / 'examples' / 'approval.answers.json'}")
+    )
+    with serve(tmp_path / "gate.db", TOKEN, tmp_path / "server.log") as (base, _), sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/?token={TOKEN}")
+            run_id = post(base, "/runs", {"pattern": pattern, "run_id": "gate-run"})["run_id"]
+            page.goto(f"{base}/#/runs/{run_id}")
+            gate = page.locator('.lane[data-step="publish-ok"]')
+            expect(gate).to_have_attribute("data-status", "waiting", timeout=15_000)
+            gate.locator("button.approve").click()
+            expect(page.locator("#summary")).to_have_attribute("data-status", "succeeded", timeout=15_000)
+            expect(page.locator('.lane[data-step="publish"]')).to_have_attribute("data-status", "succeeded")
+            request = urllib.request.Request(f"{base}/runs/{run_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                steps = {s["id"]: s for s in json.loads(response.read())["steps"]}
+            assert steps["publish-ok"]["output"]["by"] == "dashboard"
+        finally:
+            browser.close()
