@@ -29,10 +29,9 @@ from pydantic import ValidationError
 from parallax.agents import build_agent
 from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
 from parallax.agents.process import agent_environment, run_process
-from parallax.agents.refs import resolve_model, resolve_ref
+from parallax.agents.refs import resolve_model
 from parallax.core import events as ev
 from parallax.core.confidence import check_confidence
-from parallax.core.conflicts import Conflict
 from parallax.core.errors import (
     AgentFailed,
     AgentTimeout,
@@ -45,9 +44,8 @@ from parallax.core.errors import (
 from parallax.core.events import Event
 from parallax.core.expand import cohort_stream
 from parallax.core.grants import Grants
-from parallax.core.merge import PythonRule, count_votes, merge_contributions
 from parallax.core.plan import Plan, Step
-from parallax.core.state import RunState, describe_gap
+from parallax.core.state import RunState
 from parallax.core.template import render
 from parallax.engine.cohorts import find_published, publish, stream_context
 from parallax.engine.control import ControlLog, agent_stream
@@ -62,6 +60,7 @@ from parallax.engine.dataplane import (
 )
 from parallax.engine.expansion import run_control, run_subrun, run_tasks_step
 from parallax.engine.gates import run_gate
+from parallax.engine.merging import run_merge
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 
@@ -157,7 +156,7 @@ class Runner:
             if step.kind == "agent":
                 await self._agent_step(step)
             elif step.kind == "merge":
-                await self._merge_step(step)
+                await run_merge(self, step)
             elif step.kind == "control":
                 await run_control(self.log, step)
             elif step.kind == "subrun":
@@ -613,69 +612,3 @@ class Runner:
         confidence = 1.0 if outcome.returncode == 0 else 0.0
         ctx.log(ev.AGENT_LOG, {"verify_exit": outcome.returncode, "confidence": confidence})
         return AgentResult(result.output, confidence, result.usage)
-
-    # Merge steps
-
-    async def _merge_step(self, step: Step) -> None:
-        assert step.merge is not None
-        spec = step.merge
-        contributions: dict[str, Mapping[str, Any]] = {}
-        gaps: dict[str, str] = {}
-        for dep in step.after:
-            dep_state = self.state.steps[dep]
-            if dep_state.status == "succeeded":
-                output = dep_state.output
-                contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
-            else:
-                gaps[dep] = describe_gap(dep_state)
-        if spec.vote is not None:
-            confidences = {d: self.state.steps[d].confidence for d in contributions}
-            voted = count_votes(
-                contributions, confidences, gaps, spec.vote.field, weighted=spec.vote.weighted, step=step.id
-            )
-            await self._record_merge(step, voted.document, voted.conflicts)
-            return
-        target = resolve_model(spec.target, self.plan, self.state.plan_hash) if spec.target else None
-        rules: dict[str, PythonRule] = {}
-        for rule in spec.rules:
-            if rule.kind == "python" and rule.ref:
-                rules[rule.name] = resolve_ref(rule.ref)
-        outcome = merge_contributions(
-            contributions,
-            gaps,
-            spec,
-            target_fields=list(target.model_fields) if target else (),
-            python_rules=rules,
-            step=step.id,
-        )
-        conflicts = list(outcome.conflicts)
-        document: Any = outcome.document
-        if target is not None:
-            try:
-                document = target.model_validate(outcome.document).model_dump(mode="json")
-            except ValidationError as e:
-                conflicts.append(
-                    Conflict(
-                        kind="schema",
-                        path=spec.target or "",
-                        message=f"the merged document does not fit {spec.target}: {e.error_count()} error(s): "
-                        + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5]),
-                        step=step.id,
-                    )
-                )
-        await self._record_merge(step, document, conflicts)
-
-    async def _record_merge(self, step: Step, document: Any, conflicts: list[Conflict]) -> None:
-        events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
-        events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
-        events.append(
-            Event(
-                ev.STEP_OUTPUT,
-                {
-                    "output": {"document": document, "conflicts": [c.model_dump(mode="json") for c in conflicts]},
-                    "attempt": 1,
-                },
-                step=step.id,
-            )
-        )
-        await self.log.emit(*events)  # one atomic append: a merge is recorded whole or not at all

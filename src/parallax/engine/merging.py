@@ -1,0 +1,86 @@
+"""Merge steps: assemble the inputs' typed contributions (or count their votes) and record the
+document with every conflict, in one atomic append."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from parallax.agents.refs import resolve_model, resolve_ref
+from parallax.core import events as ev
+from parallax.core.conflicts import Conflict
+from parallax.core.events import Event
+from parallax.core.merge import PythonRule, count_votes, merge_contributions
+from parallax.core.plan import Step
+from parallax.core.state import describe_gap
+
+if TYPE_CHECKING:
+    from parallax.engine.runner import Runner
+
+
+async def run_merge(runner: Runner, step: Step) -> None:
+    assert step.merge is not None
+    spec = step.merge
+    contributions: dict[str, Mapping[str, Any]] = {}
+    gaps: dict[str, str] = {}
+    for dep in step.after:
+        dep_state = runner.state.steps[dep]
+        if dep_state.status == "succeeded":
+            output = dep_state.output
+            contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
+        else:
+            gaps[dep] = describe_gap(dep_state)
+    if spec.vote is not None:
+        confidences = {d: runner.state.steps[d].confidence for d in contributions}
+        voted = count_votes(
+            contributions, confidences, gaps, spec.vote.field, weighted=spec.vote.weighted, step=step.id
+        )
+        await record_merge(runner, step, voted.document, voted.conflicts)
+        return
+    target = resolve_model(spec.target, runner.plan, runner.state.plan_hash) if spec.target else None
+    rules: dict[str, PythonRule] = {}
+    for rule in spec.rules:
+        if rule.kind == "python" and rule.ref:
+            rules[rule.name] = resolve_ref(rule.ref)
+    outcome = merge_contributions(
+        contributions,
+        gaps,
+        spec,
+        target_fields=list(target.model_fields) if target else (),
+        python_rules=rules,
+        step=step.id,
+    )
+    conflicts = list(outcome.conflicts)
+    document: Any = outcome.document
+    if target is not None:
+        try:
+            document = target.model_validate(outcome.document).model_dump(mode="json")
+        except ValidationError as e:
+            conflicts.append(
+                Conflict(
+                    kind="schema",
+                    path=spec.target or "",
+                    message=f"the merged document does not fit {spec.target}: {e.error_count()} error(s): "
+                    + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5]),
+                    step=step.id,
+                )
+            )
+    await record_merge(runner, step, document, conflicts)
+
+
+async def record_merge(runner: Runner, step: Step, document: Any, conflicts: list[Conflict]) -> None:
+    events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
+    events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
+    events.append(
+        Event(
+            ev.STEP_OUTPUT,
+            {
+                "output": {"document": document, "conflicts": [c.model_dump(mode="json") for c in conflicts]},
+                "attempt": 1,
+            },
+            step=step.id,
+        )
+    )
+    await runner.log.emit(*events)  # one atomic append: a merge is recorded whole or not at all
