@@ -4,6 +4,8 @@
     sqlite:///abs/path.db            one SQLite file (the default backend)
     sqlite:relative/path.db          relative to the working directory
     sqlite:///path.db?synchronous=NORMAL&create_on_append=false
+    nats://host:4222[,host:4222]     NATS JetStream (extra `nats`), ?replicas=3&storage=memory
+    s2://basin                       S2 or s2-lite (extra `s2`), token from S2_ACCESS_TOKEN
 
 Backends are imported lazily, so a backend's dependencies are needed only when it is used.
 """
@@ -18,6 +20,7 @@ from parallax.streams.base import StreamStore
 SCHEMES = {
     "memory": "in-process, nothing kept (built in)",
     "sqlite": "one SQLite file (built in)",
+    "nats": "NATS JetStream servers (pip install 'parallax[nats]')",
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -44,6 +47,10 @@ def open_store(url: str) -> StreamStore:
         return MemoryStore()
     if scheme == "sqlite":
         return _open_sqlite(url, rest)
+    if scheme == "nats":
+        from parallax.streams.nats import open_nats
+
+        return open_nats(url)
     known = "; ".join(f"{name}: {what}" for name, what in SCHEMES.items())
     raise StoreURLError(f"unknown store scheme {scheme!r} in {url!r}. Known schemes: {known}")
 
