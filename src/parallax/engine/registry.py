@@ -1,6 +1,7 @@
 """The agent registry: agents and workers announce themselves with capabilities, heartbeat,
-and expire after their TTL. Its state is the fold of the `registry/agents` stream, so every
-process sharing the store sees the same registry, and a restart loses nothing.
+and expire after their TTL. It lives in the store's `registry` key-value bucket (a JetStream KV
+bucket on NATS, a folded stream elsewhere), so every process sharing the store sees the same
+registry, and a restart loses nothing.
 
 Patterns choose registered agents by capability (`select: {capabilities: [...], min: N}`);
 the choice is made when the run is created, from the live registry, and written into the plan.
@@ -8,18 +9,23 @@ the choice is made when the run is created, from the live registry, and written 
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
-from parallax.core.errors import StreamNotFound, UserError
-from parallax.core.events import Event, decode_event
+from parallax.core.errors import UserError
 from parallax.core.plan import AgentSpec
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import StreamStore
+from parallax.streams.kv import KeyExists, RevisionMismatch
 
-STREAM = "registry/agents"
+BUCKET = "registry"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass
@@ -37,31 +43,14 @@ class Registered:
 
 
 async def load_registry(store: StreamStore) -> dict[str, Registered]:
-    try:
-        records = await store.read_all(STREAM)
-    except StreamNotFound:
-        return {}
     out: dict[str, Registered] = {}
-    for record in records:
-        event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
-        if event is None:
-            continue
-        data = event.data
-        if event.type == "agent.registered":
-            out[data["id"]] = Registered(
-                data["id"], list(data.get("capabilities", [])), dict(data.get("agent", {})),
-                float(data.get("ttl_s", 60)), record.timestamp, record.timestamp, dict(data.get("meta", {})),
-            )  # fmt: skip
-        elif event.type == "agent.heartbeat" and data["id"] in out:
-            out[data["id"]].last_seen_ms = record.timestamp
-        elif event.type == "agent.deregistered":
-            out.pop(data["id"], None)
+    for entry in await store.kv(BUCKET).entries():
+        try:
+            data = json.loads(entry.value)
+            out[entry.key] = Registered(**data)
+        except (ValueError, TypeError):
+            continue  # not written by this registry
     return out
-
-
-async def _append(store: StreamStore, event: Event) -> None:
-    headers, body = event.encode()
-    await store.append(STREAM, AppendInput([AppendRecord(body=body, headers=headers)]))
 
 
 async def register(
@@ -75,28 +64,32 @@ async def register(
         raise UserError(f"agent {agent_id}: {'.'.join(map(str, first['loc'])) or 'agent'}: {first['msg']}") from None
     if ttl_s <= 0:
         raise UserError("ttl_s must be positive")
-    data = {
-        "id": agent_id,
-        "capabilities": sorted(set(capabilities)),
-        "agent": agent,
-        "ttl_s": ttl_s,
-        "meta": meta or {},
-    }
-    await _append(store, Event("agent.registered", data))
+    now = _now_ms()
+    entry = Registered(agent_id, sorted(set(capabilities)), agent, ttl_s, now, now, meta or {})
+    await store.kv(BUCKET).put(agent_id, json.dumps(asdict(entry)).encode())
 
 
 async def heartbeat(store: StreamStore, agent_id: str) -> None:
-    registry = await load_registry(store)
-    if agent_id not in registry:
-        raise UserError(f"no registered agent {agent_id!r}")
-    await _append(store, Event("agent.heartbeat", {"id": agent_id}))
+    """Renew an agent's TTL (a compare-and-swap, so a concurrent re-registration is not undone)."""
+    kv = store.kv(BUCKET)
+    while True:
+        current = await kv.get(agent_id)
+        if current is None:
+            raise UserError(f"no registered agent {agent_id!r}")
+        data = json.loads(current.value)
+        data["last_seen_ms"] = _now_ms()
+        try:
+            await kv.update(agent_id, json.dumps(data).encode(), current.revision)
+            return
+        except (RevisionMismatch, KeyExists):
+            continue
 
 
 async def deregister(store: StreamStore, agent_id: str) -> None:
-    registry = await load_registry(store)
-    if agent_id not in registry:
+    kv = store.kv(BUCKET)
+    if await kv.get(agent_id) is None:
         raise UserError(f"no registered agent {agent_id!r}")
-    await _append(store, Event("agent.deregistered", {"id": agent_id}))
+    await kv.delete(agent_id)
 
 
 def live_snapshot(registry: dict[str, Registered], now_ms: int | None = None) -> list[dict[str, Any]]:

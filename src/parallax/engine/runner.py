@@ -24,17 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from parallax.agents import build_agent
-from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
-from parallax.agents.process import agent_environment, run_process
+from parallax.agents.base import Agent, AgentLog, AgentResult, BudgetView
+from parallax.agents.process import agent_environment
 from parallax.agents.refs import resolve_model
 from parallax.core import events as ev
 from parallax.core.confidence import check_confidence
 from parallax.core.errors import (
     AgentFailed,
-    AgentTimeout,
     Fenced,
     InvalidOutput,
     LowConfidence,
@@ -42,11 +39,11 @@ from parallax.core.errors import (
     TemplateError,
 )
 from parallax.core.events import Event
-from parallax.core.expand import cohort_stream
 from parallax.core.grants import Grants
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState
 from parallax.core.template import render
+from parallax.engine.attempt import AttemptInput, Executor, grants_for, run_attempt
 from parallax.engine.cohorts import find_published, publish, stream_context
 from parallax.engine.control import ControlLog, agent_stream
 from parallax.engine.dataplane import (
@@ -71,6 +68,7 @@ class RunOptions:
     workdir: Path | None = None
     parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
     on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
+    executor: Executor | None = None  # runs agent attempts elsewhere (distributed mode); None: here
     coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
 
 
@@ -288,12 +286,7 @@ class Runner:
         return self._context(step)
 
     def _grants(self, step: Step) -> Grants:
-        own = agent_stream(self.run_id, step.id)
-        reads = [agent_stream(self.run_id, dep) for dep in step.after]
-        reads += [entry.replace("{run}", self.run_id) for entry in step.reads]
-        if step.cohort:
-            reads.append(cohort_stream(self.run_id, step.cohort))
-        return Grants(agent=step.id, write=(own,), read=tuple(reads))
+        return grants_for(self.run_id, step)
 
     def _agent_for(self, step: Step) -> Agent:
         spec = step.agent
@@ -539,76 +532,15 @@ class Runner:
         agent_input: dict[str, Any],
         budget: BudgetView,
     ) -> AgentResult:
+        if self.options.executor is not None:  # another process runs it (distributed mode)
+            return await self.options.executor.run(self, step, attempt, prompt, agent_input, budget)
         assert step.agent is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + step.timeout_s if step.timeout_s else None
-        output_type = resolve_model(step.output, self.plan, self.state.plan_hash) if step.output else None
-        ctx = AgentContext(
-            run_id=self.run_id,
-            step_id=step.id,
-            agent=step.agent_name,
-            attempt=attempt,
-            input=agent_input,
-            prompt=prompt,
-            output_type=output_type,
-            grants=self._grants(step),
-            store=self.store,
-            log=log,
-            budget=budget,
-            deadline=deadline,
+        return await run_attempt(
+            AttemptInput(self.run_id, self.plan, self.state.plan_hash, step, attempt, prompt, agent_input, budget),
+            agent,
+            self.store,
+            log,
             cancelled=self._cancelled,
             env=self._environment(step.agent.env),
             workdir=self.options.workdir,
         )
-        try:
-            if step.timeout_s is None:
-                result = await agent.run(ctx)
-            else:
-                async with asyncio.timeout(step.timeout_s):
-                    result = await agent.run(ctx)
-        except TimeoutError:
-            raise AgentTimeout(f"step {step.id} ran past its timeout of {step.timeout_s:g}s") from None
-        except AgentFailed:
-            raise
-        except Exception as e:
-            # The agent itself raised: a bug in it, or a failure it did not classify.
-            detail = "".join(traceback.format_exception_only(type(e), e)).strip()
-            raise AgentFailed(f"agent {step.id} raised {detail}", retryable=False) from e
-        if output_type is not None:
-            model = result.model
-            if type(model) is not output_type:  # the agent handed back its own model: no second validation
-                try:
-                    model = output_type.model_validate(result.output)
-                except ValidationError as e:
-                    raise InvalidOutput(f"step {step.id}: output does not fit {step.output}: {e}") from e
-                result = AgentResult(model.model_dump(mode="json"), result.confidence, result.usage, model)
-            if result.confidence is None and "confidence" in output_type.model_fields:
-                own = getattr(model, "confidence", None)
-                if isinstance(own, int | float):
-                    result = AgentResult(result.output, float(own), result.usage, model)
-        elif result.confidence is None and isinstance(result.output, dict):
-            own = result.output.get("confidence")  # an untyped answer may still say how sure it is
-            if isinstance(own, int | float) and not isinstance(own, bool) and 0.0 <= own <= 1.0:
-                result = AgentResult(result.output, float(own), result.usage, result.model)
-        if step.verify:
-            result = await self._verify(step, ctx, result)
-        return result
-
-    async def _verify(self, step: Step, ctx: AgentContext, result: AgentResult) -> AgentResult:
-        """Run the step's verify command (stdin: the output as JSON): exit 0 sets confidence 1.0,
-        anything else 0.0. Its output goes to the agent's stream."""
-        assert step.verify is not None
-        import json
-
-        outcome = await run_process(
-            ["/bin/sh", "-c", step.verify],
-            stdin=json.dumps(result.output, default=str).encode(),
-            env=ctx.env,
-            cwd=ctx.workdir,
-            timeout_s=ctx.time_left() or 600.0,
-            on_stdout_line=lambda line: ctx.log(ev.AGENT_LOG, {"verify": line}),
-            on_stderr_line=lambda line: ctx.log(ev.AGENT_LOG, {"verify_stderr": line}),
-        )
-        confidence = 1.0 if outcome.returncode == 0 else 0.0
-        ctx.log(ev.AGENT_LOG, {"verify_exit": outcome.returncode, "confidence": confidence})
-        return AgentResult(result.output, confidence, result.usage)

@@ -26,9 +26,12 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from parallax.core.errors import ReadUnwritten, StreamNotFound
+
+if TYPE_CHECKING:
+    from parallax.streams.kv import KeyValue
 
 Header = tuple[bytes, bytes]
 
@@ -269,6 +272,16 @@ class StreamStore(abc.ABC):
         await self.close()
 
     # Written once on top of the abstract operations.
+
+    def kv(self, bucket: str) -> KeyValue:
+        """A key-value bucket with compare-and-swap (leases, the agent registry). By default a
+        fold of the stream `kv/<bucket>`; a backend with its own buckets overrides this."""
+        from parallax.streams.kv import StreamKeyValue
+
+        buckets: dict[str, KeyValue] = self.__dict__.setdefault("_kv_buckets", {})
+        if bucket not in buckets:
+            buckets[bucket] = StreamKeyValue(self, bucket)
+        return buckets[bucket]
 
     async def check_tail(self, stream: str) -> StreamPosition:
         """The seq_num the next record will get, and the last record's timestamp."""

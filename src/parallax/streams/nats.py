@@ -64,6 +64,7 @@ from parallax.streams.base import (
     StreamStore,
     Timestamp,
 )
+from parallax.streams.kv import Entry, KeyExists, KeyValue, RevisionMismatch
 from parallax.streams.semantics import (
     apply_append,
     now_ms,
@@ -80,8 +81,10 @@ try:
     from nats.aio.msg import Msg
     from nats.errors import ConnectionClosedError, NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
-    from nats.js.api import StorageType, StreamConfig
+    from nats.js.api import KeyValueConfig, StorageType, StreamConfig
     from nats.js.client import JetStreamContext
+    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+    from nats.js.kv import KeyValue as NatsBucket
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the NATS backend needs nats-py: pip install 'parallax[nats]'") from e
 
@@ -239,6 +242,13 @@ class NatsStore(StreamStore):
                 await self._nc.drain()
             except Exception:  # already disconnected: close is all that is left
                 await self._nc.close()
+
+    def kv(self, bucket: str) -> KeyValue:
+        """A JetStream key-value bucket (`<PREFIX>_<bucket>`), created on first use."""
+        buckets: dict[str, KeyValue] = self.__dict__.setdefault("_kv_buckets", {})
+        if bucket not in buckets:
+            buckets[bucket] = NatsKeyValue(self, f"{self.prefix}_{bucket}")
+        return buckets[bucket]
 
     def js_name(self, stream: str) -> str:
         return f"{self.prefix}_{_hash(stream)}"
@@ -660,6 +670,122 @@ class NatsStore(StreamStore):
                 raise NatsStoreError(f"copying {src!r} into {dst!r}: {error.get('description')}")
             expected += len(chunk)
         return info
+
+
+_KEY_SAFE = frozenset("-/_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+
+def encode_key(key: str) -> str:
+    """A JetStream KV key for any string: safe characters kept, the rest (and `=`) as =XX bytes."""
+    out = []
+    for char in key:
+        if char in _KEY_SAFE:
+            out.append(char)
+        else:
+            out.extend(f"={byte:02X}" for byte in char.encode())
+    return "".join(out) or "=00"
+
+
+def decode_key(key: str) -> str:
+    if key == "=00":
+        return ""
+    raw = bytearray()
+    index = 0
+    while index < len(key):
+        if key[index] == "=":
+            raw.append(int(key[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            raw.extend(key[index].encode())
+            index += 1
+    return raw.decode()
+
+
+class NatsKeyValue(KeyValue):
+    """A JetStream KV bucket (history 1); operations are retried while the server restarts."""
+
+    def __init__(self, store: NatsStore, bucket: str) -> None:
+        self.store = store
+        self.bucket = bucket
+        self._kv: NatsBucket | None = None
+
+    async def _bucket(self) -> NatsBucket:
+        if self._kv is None:
+            _, js = await self.store.connection()
+            try:
+                self._kv = await js.key_value(self.bucket)
+            except BucketNotFoundError:
+                self._kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=self.bucket,
+                        history=1,
+                        storage=self.store.storage,
+                        replicas=self.store.replicas,
+                    )
+                )
+        return self._kv
+
+    async def _retry(self, operation: Any) -> Any:
+        deadline = time.monotonic() + self.store.timeout * 6
+        while True:
+            try:
+                return await operation(await self._bucket())
+            except (NatsTimeout, ConnectionClosedError, NoRespondersError, OSError) as e:
+                if time.monotonic() > deadline:
+                    raise NatsStoreError(f"NATS KV {self.bucket} did not answer in time") from e
+                await asyncio.sleep(0.1)
+
+    async def get(self, key: str) -> Entry | None:
+        async def op(kv: NatsBucket) -> Entry | None:
+            try:
+                entry = await kv.get(encode_key(key))
+            except KeyNotFoundError:
+                return None
+            return Entry(key, entry.value or b"", entry.revision or 0)
+
+        result: Entry | None = await self._retry(op)
+        return result
+
+    async def create(self, key: str, value: bytes) -> int:
+        async def op(kv: NatsBucket) -> int:
+            try:
+                return int(await kv.create(encode_key(key), value))
+            except KeyWrongLastSequenceError:
+                raise KeyExists(key) from None
+
+        return int(await self._retry(op))
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        async def op(kv: NatsBucket) -> int:
+            try:
+                return int(await kv.update(encode_key(key), value, last=revision))
+            except KeyWrongLastSequenceError:
+                current = await self.get(key)
+                raise RevisionMismatch(key, revision, current.revision if current else 0) from None
+
+        return int(await self._retry(op))
+
+    async def put(self, key: str, value: bytes) -> int:
+        return int(await self._retry(lambda kv: kv.put(encode_key(key), value)))
+
+    async def delete(self, key: str) -> None:
+        await self._retry(lambda kv: kv.delete(encode_key(key)))
+
+    async def entries(self, prefix: str = "") -> builtins.list[Entry]:
+        async def keys(kv: NatsBucket) -> builtins.list[str]:
+            try:
+                return builtins.list(await kv.keys())
+            except NoKeysError:
+                return []
+
+        names = sorted(decode_key(k) for k in await self._retry(keys))
+        out: builtins.list[Entry] = []
+        for name in names:
+            if name.startswith(prefix):
+                entry = await self.get(name)
+                if entry is not None:
+                    out.append(entry)
+        return out
 
 
 def _error_of(data: bytes) -> dict[str, Any] | None:
