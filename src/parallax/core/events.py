@@ -50,6 +50,17 @@ AGENT_LOG = "agent.log"
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
+# Work boards: runs/<run>/work (agent attempts offered to worker processes) and work/runs
+WORK_OFFERED = "work.offered"
+WORK_CLAIMED = "work.claimed"
+WORK_RENEWED = "work.renewed"
+WORK_DONE = "work.done"
+WORK_FAILED = "work.failed"
+WORK_WITHDRAWN = "work.withdrawn"
+RUN_SUBMITTED = "run.submitted"  # on work/runs: a run any worker may coordinate
+RUN_CLOSED = "run.closed"  # on work/runs: finished, nothing left to do
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     type: str

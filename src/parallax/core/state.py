@@ -67,6 +67,7 @@ class StepState:
     output_seq: int | None = None  # where the output was recorded on the control stream
     escalated_model: str | None = None  # set once low confidence moved the step to a stronger model
     escalated_at: int = 0  # the attempt count when it did
+    failures: int = 0  # step.failed events so far (names the next remote attempt, see engine.work)
 
     @property
     def done(self) -> bool:
@@ -231,6 +232,7 @@ def _failed(state: RunState, event: Event) -> None:
     if step.done:
         return
     step.error = event.data.get("error")
+    step.failures += 1
     usage = event.data.get("usage") or {}
     step.usage.add(usage)
     state.usage.add(usage)

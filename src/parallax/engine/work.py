@@ -1,0 +1,224 @@
+"""Distributed execution of agent attempts through a run's work board (see `core.work`).
+
+`WorkClient` folds `runs/<run>/work` and appends to it: the coordinator offers, workers claim
+(conditional appends at the folded tail), renew and report. `RemoteExecutor` plugs into the
+runner (`RunOptions.executor`): instead of running an attempt in-process it offers it and
+waits for a worker's result, adopting an offer a crashed coordinator left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any
+
+from parallax.agents.base import AgentResult, BudgetView
+from parallax.core import events as ev
+from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, SeqNumMismatch, StreamExists, StreamNotFound
+from parallax.core.events import Event, decode_event
+from parallax.core.plan import Step
+from parallax.core.work import Offer, WorkBoard, offer_id
+from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+
+if TYPE_CHECKING:
+    from parallax.engine.runner import Runner
+
+RUNS_STREAM = "work/runs"
+
+
+def work_stream(run_id: str) -> str:
+    return f"runs/{run_id}/work"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class WorkClient:
+    """One process's view of a run's work board."""
+
+    def __init__(self, store: StreamStore, run_id: str, worker: str = "coordinator") -> None:
+        self.store = store
+        self.run_id = run_id
+        self.worker = worker
+        self.stream = work_stream(run_id)
+        self.board = WorkBoard()
+        self._accepted: dict[int, bool] = {}
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def sync(self) -> None:
+        async with self._lock:
+            try:
+                records = await self.store.read_all(self.stream, self.board.tail)
+            except StreamNotFound:
+                return
+            for record in records:
+                event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                if event is not None:
+                    self._accepted[record.seq_num] = self.board.apply(event)
+                self.board.tail = record.seq_num + 1
+            if len(self._accepted) > 4096:
+                floor = self.board.tail - 1024
+                self._accepted = {k: v for k, v in self._accepted.items() if k >= floor}
+            if records:
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    def watch(self) -> None:
+        """Fold new records as they are appended (by any process), in the background."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.create_task(self._watch(), name=f"work-watch:{self.run_id}")
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.store.wait_for_tail(self.stream, self.board.tail)
+            except StreamNotFound:
+                await asyncio.sleep(0.2)  # nothing offered yet
+                continue
+            await self.sync()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
+
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set at the next fold that sees new records; take it *before* looking at the board."""
+        return self._changed
+
+    async def wait_for_change(self, seconds: float, changed: asyncio.Event | None = None) -> None:
+        changed = changed or self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), seconds)
+
+    async def append(self, event: Event, *, conditional: bool) -> bool | None:
+        """Append one event; whether the fold accepted it, or None if the tail moved first
+        (conditional appends only: fold and decide again)."""
+        headers, body = event.encode()
+        record = AppendRecord(body=body, headers=headers)
+        match = self.board.tail if conditional else None
+        try:
+            ack = await self.store.append(self.stream, AppendInput([record], match_seq_num=match))
+        except SeqNumMismatch:
+            await self.sync()
+            return None
+        await self.sync()
+        return self._accepted.get(ack.start.seq_num, False)
+
+    # Coordinator side
+
+    async def offer(self, id: str, step: str, attempt: int, payload: dict[str, Any], lease_s: float) -> None:
+        data = {"id": id, "step": step, "attempt": attempt, "payload": payload, "lease_s": lease_s}
+        await self.append(Event(ev.WORK_OFFERED, data, step=step), conditional=False)
+
+    async def withdraw(self, id: str) -> None:
+        await self.append(Event(ev.WORK_WITHDRAWN, {"id": id}), conditional=False)
+
+    # Worker side
+
+    async def claim(self) -> Offer | None:
+        """Take one claimable offer (oldest first), or None if there is none right now."""
+        while True:
+            await self.sync()
+            candidates = self.board.claimable(now_ms())
+            if not candidates:
+                return None
+            offer = candidates[0]
+            until = now_ms() + int(offer.lease_s * 1000)
+            data = {"id": offer.id, "worker": self.worker, "until_ms": until}
+            accepted = await self.append(Event(ev.WORK_CLAIMED, data, step=offer.step), conditional=True)
+            if accepted:
+                return self.board.offers[offer.id]
+            # lost the race (tail moved, or the fold refused it): look again
+
+    async def renew(self, offer: Offer) -> bool:
+        until = now_ms() + int(offer.lease_s * 1000)
+        data = {"id": offer.id, "worker": self.worker, "until_ms": until}
+        return bool(await self.append(Event(ev.WORK_RENEWED, data, step=offer.step), conditional=False))
+
+    async def report(self, offer: Offer, kind: str, result: dict[str, Any]) -> bool:
+        data = {"id": offer.id, "worker": self.worker, "result": result}
+        return bool(await self.append(Event(kind, data, step=offer.step), conditional=False))
+
+
+def failure_result(error: AgentFailed) -> dict[str, Any]:
+    return {
+        "error": str(error),
+        "error_type": type(error).__name__,
+        "retryable": error.retryable,
+        "retry_after": error.retry_after,
+        "usage": error.usage or {},
+    }
+
+
+def failure_of(result: dict[str, Any]) -> AgentFailed:
+    """The AgentFailed a worker reported, rebuilt for the coordinator's retry logic."""
+    kinds: dict[str, type[AgentFailed]] = {"AgentTimeout": AgentTimeout, "InvalidOutput": InvalidOutput}
+    cls = kinds.get(str(result.get("error_type")), AgentFailed)
+    error = cls(str(result.get("error", "failed on a worker")), retryable=result.get("retryable"))
+    error.retry_after = result.get("retry_after")
+    error.usage = dict(result.get("usage") or {})
+    return error
+
+
+class RemoteExecutor:
+    """Offers each attempt on the run's work board and waits for a worker's result."""
+
+    def __init__(self, store: StreamStore, run_id: str, *, lease_s: float = 15.0) -> None:
+        self.client = WorkClient(store, run_id)
+        self.lease_s = lease_s
+        self._started = False
+
+    async def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            with contextlib.suppress(StreamExists):
+                await self.client.store.create(self.client.stream)
+            await self.client.sync()
+            self.client.watch()
+
+    async def run(
+        self,
+        runner: Runner,
+        step: Step,
+        attempt: int,
+        prompt: str | None,
+        agent_input: dict[str, Any],
+        budget: BudgetView,
+    ) -> AgentResult:
+        await self._start()
+        state = runner.state.steps[step.id]
+        id = offer_id(step.id, state.failures)
+        if id not in self.client.board.offers:  # else: offered before a takeover; adopt it
+            payload = {
+                "prompt": prompt,
+                "input": agent_input,
+                "budget": {"tokens_left": budget.tokens_left, "cost_left_usd": budget.cost_left_usd},
+                "model": state.escalated_model,
+            }
+            await self.client.offer(id, step.id, attempt, payload, self.lease_s)
+        try:
+            while True:
+                changed = self.client.changed
+                offer = self.client.board.offers.get(id)
+                if offer is not None and offer.finished:
+                    result = offer.result or {}
+                    if offer.status == "done":
+                        return AgentResult(result.get("output"), result.get("confidence"), result.get("usage") or {})
+                    if offer.status == "failed":
+                        raise failure_of(result)
+                    raise AgentFailed(f"step {step.id}: offer {id} was withdrawn", retryable=False)
+                await self.client.wait_for_change(1.0, changed)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.client.withdraw(id))
+            raise
+
+    async def close(self) -> None:
+        await self.client.close()
