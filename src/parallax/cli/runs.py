@@ -25,9 +25,11 @@ from rich.markup import escape
 
 from parallax.cli.context import run_with_store
 from parallax.cli.lanes import LaneView
+from parallax.core import events as ev
 from parallax.core.plan import Plan
 from parallax.core.state import RunState, describe
 from parallax.engine import api
+from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
 from parallax.patterns.load import load_target
 from parallax.streams.base import StreamStore
@@ -100,6 +102,14 @@ def finish(console: Console, state: RunState, as_json: bool, output: str | None)
         raise SystemExit(1)
 
 
+async def wait_finished(store: StreamStore, run_id: str) -> RunState:
+    """Follow a run coordinated elsewhere until its run.finished is on the log."""
+    async for record in store.tail(control_stream(run_id)):
+        if record.header(b"type") == ev.RUN_FINISHED.encode():
+            break
+    return await api.load_run(store, run_id)
+
+
 def _options(concurrency: int | None, no_cache: bool) -> RunOptions:
     return RunOptions(concurrency=concurrency, use_cache=not no_cache, workdir=Path.cwd())
 
@@ -114,6 +124,8 @@ def _options(concurrency: int | None, no_cache: bool) -> RunOptions:
 @click.option("--quiet", "-q", is_flag=True, help="No live lanes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
 @click.option("--output", "-o", metavar="FILE", help="Write the run's result to FILE as JSON.")
+@click.option("--submit", is_flag=True, help="Hand the run to `parallax worker` processes instead of running it here.")
+@click.option("--detach", is_flag=True, help="With --submit: print the run id and return at once.")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -126,8 +138,12 @@ def run(
     quiet: bool,
     as_json: bool,
     output: str | None,
+    submit: bool,
+    detach: bool,
 ) -> None:
     """Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."""
+    if detach and not submit:
+        raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
     plan = load_target(target, parse_inputs(inputs, input_files))
     console = Console(stderr=as_json)
 
@@ -137,6 +153,15 @@ def run(
             console.print(
                 f"run [bold]{new_id}[/] ({plan.name}, {len(plan.steps)} steps, plan {plan.content_hash()[:12]})"
             )
+        if submit:
+            from parallax.engine.worker import submit as submit_run
+
+            await submit_run(store, new_id)
+            if detach:
+                if not as_json:
+                    console.print(f"submitted; follow it with: parallax tail {new_id}")
+                return await api.load_run(store, new_id)
+            return await wait_finished(store, new_id)
         return await execute(store, new_id, _options(concurrency, no_cache), console, quiet or as_json)
 
     finish(console, run_with_store(ctx, action), as_json, output)

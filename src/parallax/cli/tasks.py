@@ -137,14 +137,61 @@ async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
 
 
 @click.command()
-@click.argument("run_id")
-@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.argument("run_id", required=False)
+@click.option("--workers", type=click.IntRange(1, 256), default=2, show_default=True, help="With RUN_ID: task workers.")
 @click.option("--sandbox", is_flag=True, help="Run every task in the sandbox.")
+@click.option("--slots", type=click.IntRange(1, 1024), default=4, show_default=True, help="Agent attempts at once.")
+@click.option("--run", "only_runs", multiple=True, metavar="RUN", help="Serve only this run (repeatable).")
+@click.option("--no-coordinate", is_flag=True, help="Only run attempts; never take a run's coordinator role.")
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(0.5, 600),
+    default=10.0,
+    show_default=True,
+    help="Coordinator lease, seconds: how soon another worker takes over a dead coordinator.",
+)
+@click.option(
+    "--attempt-lease",
+    "attempt_lease_s",
+    type=click.FloatRange(0.5, 3600),
+    default=15.0,
+    show_default=True,
+    help="As coordinator: how long a claimed attempt survives its worker going silent.",
+)
+@click.option("--exit-when-idle", is_flag=True, help="Stop once every run seen (or given) is closed.")
+@click.option("--name", help="This worker's name on the work boards (default: host-pid-random).")
 @click.pass_context
-def worker(ctx: click.Context, run_id: str, workers: int, sandbox: bool) -> None:
-    """Claim and run tasks of RUN_ID from this process (in the same repository), until the
-    graph is finished."""
+def worker(
+    ctx: click.Context, run_id: str | None, workers: int, sandbox: bool, slots: int, only_runs: tuple[str, ...],
+    no_coordinate: bool, lease_s: float, attempt_lease_s: float, exit_when_idle: bool, name: str | None,
+) -> None:  # fmt: skip
+    """Serve submitted runs (claim agent attempts, coordinate runs nobody coordinates), on any
+    machine that shares the store: `parallax --store nats://host:4222 worker`.
+
+    With RUN_ID: claim and run tasks of that run's task graph from this process (in the same
+    repository), until the graph is finished."""
     import asyncio
+
+    if run_id is None:
+        from parallax.engine.worker import Worker, WorkerOptions
+
+        options = WorkerOptions(
+            slots=slots, coordinate=not no_coordinate, lease_s=lease_s, claim_lease_s=attempt_lease_s,
+            workdir=Path.cwd(), runs=only_runs, exit_when_idle=exit_when_idle,
+        )  # fmt: skip
+
+        async def serve(store: StreamStore) -> str:
+            node = Worker(store, name, options)
+            click.echo(f"worker {node.name} serving {', '.join(only_runs) or 'every submitted run'}", err=True)
+            stats = await node.run()
+            return (
+                f"ran {stats.ran} attempt(s); coordinated {len(stats.coordinated)} run(s); "
+                f"fenced off {stats.fenced} time(s); lost {stats.lost} claim(s)"
+            )
+
+        click.echo(run_with_store(ctx, serve))
+        return
 
     async def go(store: StreamStore) -> int:
         spec, _ = await task_graph_of(store, run_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from parallax.engine.runner import Runner
 
 RUNS_STREAM = "work/runs"
+log = logging.getLogger("parallax.work")
 
 
 def work_stream(run_id: str) -> str:
@@ -76,10 +78,12 @@ class WorkClient:
         while True:
             try:
                 await self.store.wait_for_tail(self.stream, self.board.tail)
+                await self.sync()
             except StreamNotFound:
                 await asyncio.sleep(0.2)  # nothing offered yet
-                continue
-            await self.sync()
+            except Exception as e:  # the store is away (a server restart): keep watching
+                log.warning("work board %s: %s; retrying", self.stream, e)
+                await asyncio.sleep(0.5)
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -94,8 +98,11 @@ class WorkClient:
 
     async def wait_for_change(self, seconds: float, changed: asyncio.Event | None = None) -> None:
         changed = changed or self._changed
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, leaving the caller running after it was cancelled.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await changed.wait()
 
     async def append(self, event: Event, *, conditional: bool) -> bool | None:
         """Append one event; whether the fold accepted it, or None if the tail moved first
@@ -173,15 +180,20 @@ class RemoteExecutor:
     def __init__(self, store: StreamStore, run_id: str, *, lease_s: float = 15.0) -> None:
         self.client = WorkClient(store, run_id)
         self.lease_s = lease_s
-        self._started = False
+        self._started: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
-        if not self._started:
-            self._started = True
-            with contextlib.suppress(StreamExists):
-                await self.client.store.create(self.client.stream)
-            await self.client.sync()
-            self.client.watch()
+        """Fold the board once before any offer (concurrent steps share that first fold, so
+        a coordinator that took over sees every offer its predecessor made)."""
+        if self._started is None:
+            self._started = asyncio.create_task(self._first_fold())
+        await asyncio.shield(self._started)
+
+    async def _first_fold(self) -> None:
+        with contextlib.suppress(StreamExists):
+            await self.client.store.create(self.client.stream)
+        await self.client.sync()
+        self.client.watch()
 
     async def run(
         self,

@@ -25,7 +25,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,15 @@ class Worker:
         return self.stats
 
     async def _follow_runs(self) -> None:
+        while True:
+            try:
+                await self._follow_runs_once()
+                return
+            except Exception as e:  # the store is away: follow again from the start (idempotent)
+                log.warning("following %s: %s; retrying", RUNS_STREAM, e)
+                await asyncio.sleep(0.5)
+
+    async def _follow_runs_once(self) -> None:
         wanted = set(self.options.runs)
         async for record in self.store.tail(RUNS_STREAM, missing_ok=True):
             event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
@@ -134,9 +143,9 @@ class Worker:
     async def _run_loop(self, run_id: str) -> None:
         client = WorkClient(self.store, run_id, self.name)
         client.watch()
-        tasks = [asyncio.create_task(self._serve(client))]
+        tasks = [asyncio.create_task(_persist(lambda: self._serve(client), f"serving {run_id}"))]
         if self.options.coordinate:
-            tasks.append(asyncio.create_task(self._coordinate(run_id)))
+            tasks.append(asyncio.create_task(_persist(lambda: self._coordinate(run_id), f"coordinating {run_id}")))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -184,8 +193,14 @@ class Worker:
             finally:
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
-            if await client.report(offer, kind, result):
-                self.stats.ran += 1
+            for _ in range(20):  # the store may be away for a moment: the result is worth retrying
+                try:
+                    if await client.report(offer, kind, result):
+                        self.stats.ran += 1
+                    break
+                except Exception as e:
+                    log.warning("reporting %s: %s; retrying", offer.id, e)
+                    await asyncio.sleep(0.5)
         finally:
             self._slots.release()
 
@@ -197,7 +212,12 @@ class Worker:
             if current is None or current.status != "claimed" or current.holder != self.name:
                 attempt.cancel()
                 return False
-            if not await client.renew(offer):
+            try:
+                renewed = await client.renew(offer)
+            except Exception as e:  # the store is away: try again; the lease has slack for this
+                log.warning("renewing %s: %s", offer.id, e)
+                continue
+            if not renewed:
                 attempt.cancel()
                 return False
 
@@ -296,6 +316,17 @@ class Worker:
             await self.leases.release(lease)
             return True
         return False
+
+
+async def _persist(loop: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run a worker loop until it returns, restarting it when the store fails under it."""
+    while True:
+        try:
+            await loop()
+            return
+        except Exception as e:
+            log.warning("%s: %s; restarting", what, e)
+            await asyncio.sleep(0.5)
 
 
 async def submit(store: StreamStore, run_id: str) -> None:

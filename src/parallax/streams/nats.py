@@ -595,8 +595,11 @@ class NatsStore(StreamStore):
                     return state.next_seq
                 # A published message wakes us at once; the timeout covers a restart of the
                 # server (the subscription is replayed on reconnect) and a delete.
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives just as the event is set.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await woken.wait()
         finally:
             with contextlib.suppress(ConnectionClosedError, NatsTimeout):
                 await sub.unsubscribe()

@@ -1,0 +1,20 @@
+"""Agents for the distributed tests: each execution leaves a line `step pid start_ms` in a
+shared file before it works, so a test can tell which process ran what, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from parallax.agents.base import AgentContext
+
+
+async def slow(ctx: AgentContext) -> dict[str, Any]:
+    settings = ctx.input["input"]
+    with (Path(settings["dir"]) / "executions").open("a") as f:
+        f.write(f"{ctx.step_id} {os.getpid()} {time.time_ns() // 1_000_000}\n")
+    await asyncio.sleep(float(settings.get("sleep", 0.2)))
+    return {"step": ctx.step_id, "value": len(ctx.step_id)}
