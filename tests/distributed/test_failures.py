@@ -45,6 +45,7 @@ def fan_plan(folder: Path, steps: int, sleep: float) -> Plan:
 
 
 def start_worker(url: str, name: str, folder: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A `parallax worker` process serving every submitted run until nothing is open."""
     out = open(folder / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
     command = [sys.executable, "-m", "parallax", "--store", url, "worker", "--name", name, "--exit-when-idle", *args]
     process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -29,6 +29,9 @@ RUNS_STREAM = "work/runs"
 log = logging.getLogger("parallax.work")
 
 
+_ENDINGS = (ev.WORK_DONE, ev.WORK_FAILED, ev.WORK_WITHDRAWN)
+
+
 def work_stream(run_id: str) -> str:
     return f"runs/{run_id}/work"
 
@@ -47,6 +50,7 @@ class WorkClient:
         self.stream = work_stream(run_id)
         self.board = WorkBoard()
         self._accepted: dict[int, bool] = {}
+        self._waiters: dict[str, asyncio.Future[Offer]] = {}  # offer id -> resolved when it ends
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -60,7 +64,11 @@ class WorkClient:
             for record in records:
                 event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
                 if event is not None:
-                    self._accepted[record.seq_num] = self.board.apply(event)
+                    accepted = self._accepted[record.seq_num] = self.board.apply(event)
+                    if accepted and event.type in _ENDINGS:
+                        waiter = self._waiters.pop(str(event.data.get("id")), None)
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(self.board.offers[str(event.data.get("id"))])
                 self.board.tail = record.seq_num + 1
             if len(self._accepted) > 4096:
                 floor = self.board.tail - 1024
@@ -91,6 +99,17 @@ class WorkClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
 
+    async def ended(self, id: str) -> Offer:
+        """Wait until offer `id` is done, failed or withdrawn (one future per offer, so a
+        coordinator waiting on hundreds of offers is woken once per result, not per record)."""
+        offer = self.board.offers.get(id)
+        if offer is not None and offer.finished:
+            return offer
+        waiter = self._waiters.get(id)
+        if waiter is None:
+            waiter = self._waiters[id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(waiter)
+
     @property
     def changed(self) -> asyncio.Event:
         """Set at the next fold that sees new records; take it *before* looking at the board."""
@@ -107,16 +126,24 @@ class WorkClient:
     async def append(self, event: Event, *, conditional: bool) -> bool | None:
         """Append one event; whether the fold accepted it, or None if the tail moved first
         (conditional appends only: fold and decide again)."""
-        headers, body = event.encode()
-        record = AppendRecord(body=body, headers=headers)
+        accepted = await self.append_all([event], conditional=conditional)
+        return None if accepted is None else accepted[0]
+
+    async def append_all(self, events: list[Event], *, conditional: bool) -> list[bool] | None:
+        """Append events in one atomic batch; which of them the fold accepted, or None if
+        the tail moved first (conditional appends only)."""
+        records = []
+        for event in events:
+            headers, body = event.encode()
+            records.append(AppendRecord(body=body, headers=headers))
         match = self.board.tail if conditional else None
         try:
-            ack = await self.store.append(self.stream, AppendInput([record], match_seq_num=match))
+            ack = await self.store.append(self.stream, AppendInput(records, match_seq_num=match))
         except SeqNumMismatch:
             await self.sync()
             return None
         await self.sync()
-        return self._accepted.get(ack.start.seq_num, False)
+        return [self._accepted.get(ack.start.seq_num + i, False) for i in range(len(events))]
 
     # Coordinator side
 
@@ -129,20 +156,28 @@ class WorkClient:
 
     # Worker side
 
-    async def claim(self) -> Offer | None:
-        """Take one claimable offer (oldest first), or None if there is none right now."""
+    async def claim(self, most: int = 1) -> list[Offer]:
+        """Take up to `most` claimable offers (oldest first) in one append; [] if none is
+        claimable right now. Claiming several at once keeps workers from racing per offer."""
         while True:
             await self.sync()
-            candidates = self.board.claimable(now_ms())
+            candidates = self.board.claimable(now_ms())[:most]
             if not candidates:
-                return None
-            offer = candidates[0]
-            until = now_ms() + int(offer.lease_s * 1000)
-            data = {"id": offer.id, "worker": self.worker, "until_ms": until}
-            accepted = await self.append(Event(ev.WORK_CLAIMED, data, step=offer.step), conditional=True)
-            if accepted:
-                return self.board.offers[offer.id]
-            # lost the race (tail moved, or the fold refused it): look again
+                return []
+            events = [
+                Event(
+                    ev.WORK_CLAIMED,
+                    {"id": offer.id, "worker": self.worker, "until_ms": now_ms() + int(offer.lease_s * 1000)},
+                    step=offer.step,
+                )
+                for offer in candidates
+            ]
+            accepted = await self.append_all(events, conditional=True)
+            if accepted is None:
+                continue  # the tail moved: fold and look again
+            won = [self.board.offers[o.id] for o, ok in zip(candidates, accepted, strict=True) if ok]
+            if won:
+                return won
 
     async def renew(self, offer: Offer) -> bool:
         until = now_ms() + int(offer.lease_s * 1000)
@@ -216,17 +251,13 @@ class RemoteExecutor:
             }
             await self.client.offer(id, step.id, attempt, payload, self.lease_s)
         try:
-            while True:
-                changed = self.client.changed
-                offer = self.client.board.offers.get(id)
-                if offer is not None and offer.finished:
-                    result = offer.result or {}
-                    if offer.status == "done":
-                        return AgentResult(result.get("output"), result.get("confidence"), result.get("usage") or {})
-                    if offer.status == "failed":
-                        raise failure_of(result)
-                    raise AgentFailed(f"step {step.id}: offer {id} was withdrawn", retryable=False)
-                await self.client.wait_for_change(1.0, changed)
+            offer = await self.client.ended(id)
+            result = offer.result or {}
+            if offer.status == "done":
+                return AgentResult(result.get("output"), result.get("confidence"), result.get("usage") or {})
+            if offer.status == "failed":
+                raise failure_of(result)
+            raise AgentFailed(f"step {step.id}: offer {id} was withdrawn", retryable=False)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.client.withdraw(id))

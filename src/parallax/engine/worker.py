@@ -69,7 +69,7 @@ class WorkerOptions:
     workdir: Path | None = None
     parent_env: Mapping[str, str] | None = None
     runs: tuple[str, ...] = ()  # only these runs (default: every submitted run)
-    exit_when_idle: bool = False  # stop once every known run is closed (tests, batch jobs)
+    exit_when_idle: bool = False  # stop when the given runs are closed, or when nothing is open after work
 
 
 @dataclass
@@ -137,8 +137,15 @@ class Worker:
                 task = self._runs.pop(run_id, None)
                 if task is not None:
                     task.cancel()
-            if self.options.exit_when_idle and not self._runs and self._closed and wanted <= self._closed:
+            if self.options.exit_when_idle and event.type == ev.RUN_CLOSED and self._idle(wanted):
                 return
+
+    def _idle(self, wanted: set[str]) -> bool:
+        """The runs asked for are all closed; or, serving every run, nothing is open and this
+        worker has done something (replaying runs that closed before it started is not work)."""
+        if self._runs:
+            return False
+        return wanted <= self._closed if wanted else bool(self.stats.ran or self.stats.coordinated)
 
     async def _run_loop(self, run_id: str) -> None:
         client = WorkClient(self.store, run_id, self.name)
@@ -161,19 +168,26 @@ class Worker:
         try:
             while True:
                 await self._slots.acquire()
+                free = 1
+                while not self._slots.locked():  # take every free slot: claim that many at once
+                    await self._slots.acquire()
+                    free += 1
                 changed = client.changed
                 try:
-                    offer = await client.claim()
+                    offers = await client.claim(free)
                 except BaseException:
-                    self._slots.release()
+                    for _ in range(free):
+                        self._slots.release()
                     raise
-                if offer is None:
+                for _ in range(free - len(offers)):
                     self._slots.release()
+                if not offers:
                     await client.wait_for_change(1.0, changed)
                     continue
-                task = asyncio.create_task(self._execute(client, offer), name=f"offer:{offer.id}")
-                running.add(task)
-                task.add_done_callback(running.discard)
+                for offer in offers:
+                    task = asyncio.create_task(self._execute(client, offer), name=f"offer:{offer.id}")
+                    running.add(task)
+                    task.add_done_callback(running.discard)
         finally:
             for task in running:
                 task.cancel()

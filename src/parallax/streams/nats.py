@@ -511,6 +511,14 @@ class NatsStore(StreamStore):
         self, stream: str, start: int, count: int, max_bytes: int | None
     ) -> builtins.list[tuple[int, _Frame]]:
         """Up to `count` records from seq `start`, in one direct batch get."""
+        frames, _ = await self._direct_batch_pending(stream, start, count, max_bytes)
+        return frames
+
+    async def _direct_batch_pending(
+        self, stream: str, start: int, count: int, max_bytes: int | None
+    ) -> tuple[builtins.list[tuple[int, _Frame]], int | None]:
+        """`_direct_batch`, and how many messages the server still had after the last one
+        returned (None when it did not say)."""
         nc, _ = await self.connection()
         request: dict[str, Any] = {"seq": start + 1, "batch": count}
         if max_bytes is not None:
@@ -518,6 +526,7 @@ class NatsStore(StreamStore):
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         out: builtins.list[tuple[int, _Frame]] = []
+        pending: int | None = None
         try:
             await nc.publish(f"$JS.API.DIRECT.GET.{self.js_name(stream)}", json.dumps(request).encode(), reply=inbox)
             while True:
@@ -529,13 +538,15 @@ class NatsStore(StreamStore):
                 status = headers.get("Status")
                 if status is not None:
                     if status in ("204", "404"):
-                        return out
+                        return out, pending
                     if status == "503":
                         raise StreamNotFound(stream)
                     raise NatsStoreError(f"reading {stream!r}: NATS answered {status} {headers.get('Description')}")
                 out.append((int(headers["Nats-Sequence"]) - 1, decode_frame(msg.data)))
+                left = headers.get("Nats-Num-Pending")
+                pending = int(left) if left is not None else None
                 if len(out) >= count:
-                    return out
+                    return out, pending
         finally:
             await sub.unsubscribe()
 
@@ -549,6 +560,18 @@ class NatsStore(StreamStore):
     ) -> ReadBatch:
         validate_stream_name(stream)
         count, max_bytes = resolve_limit(limit)
+        if isinstance(start, SeqNum) and start.seq_num >= 0 and count > 0:
+            # Fast path (tailing): one round trip when the batch reaches the newest message,
+            # whose frame is the stream's state (tail, last timestamp, trim point).
+            frames, pending = await self._direct_batch_pending(
+                stream, start.seq_num, count, max_bytes + count * 128 + 1024
+            )
+            if frames and pending == 0:
+                last_seq, last = frames[-1]
+                trim = min(last.trim_after, last_seq + 1)
+                records = [Record(seq, f.timestamp, f.headers, f.body) for seq, f in frames if seq >= trim]
+                tail = StreamPosition(last_seq + 1, last.timestamp)
+                return ReadBatch(tuple(take_within_bytes(records, max_bytes)), tail)
         state = await self._fetch_state(stream)
         tail = StreamPosition(state.next_seq, state.last_timestamp)
         if isinstance(start, Timestamp):
@@ -630,6 +653,12 @@ class NatsStore(StreamStore):
         validate_stream_name(src)
         validate_stream_name(dst)
         state = await self._fetch_state(src)
+        try:
+            await self._info(dst)
+        except StreamNotFound:
+            pass
+        else:
+            raise StreamExists(dst)
         if at_seq < 0 or at_seq > state.next_seq:
             raise ReadUnwritten(state.next_seq, stream=src, start=at_seq)
         start = min(state.trim_point, at_seq)
