@@ -63,19 +63,25 @@ class WorkClient:
                 return
             for record in records:
                 event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
-                if event is not None:
-                    accepted = self._accepted[record.seq_num] = self.board.apply(event)
-                    if accepted and event.type in _ENDINGS:
-                        waiter = self._waiters.pop(str(event.data.get("id")), None)
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(self.board.offers[str(event.data.get("id"))])
-                self.board.tail = record.seq_num + 1
-            if len(self._accepted) > 4096:
-                floor = self.board.tail - 1024
-                self._accepted = {k: v for k, v in self._accepted.items() if k >= floor}
+                self._fold(event, record.seq_num)
             if records:
-                self._changed.set()
-                self._changed = asyncio.Event()
+                self._folded()
+
+    def _fold(self, event: Event | None, seq_num: int) -> None:
+        if event is not None:
+            accepted = self._accepted[seq_num] = self.board.apply(event)
+            if accepted and event.type in _ENDINGS:
+                waiter = self._waiters.pop(str(event.data.get("id")), None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(self.board.offers[str(event.data.get("id"))])
+        self.board.tail = seq_num + 1
+
+    def _folded(self) -> None:
+        if len(self._accepted) > 4096:
+            floor = self.board.tail - 1024
+            self._accepted = {k: v for k, v in self._accepted.items() if k >= floor}
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def watch(self) -> None:
         """Fold new records as they are appended (by any process), in the background."""
@@ -136,23 +142,43 @@ class WorkClient:
         for event in events:
             headers, body = event.encode()
             records.append(AppendRecord(body=body, headers=headers))
-        match = self.board.tail if conditional else None
-        try:
-            ack = await self.store.append(self.stream, AppendInput(records, match_seq_num=match))
-        except SeqNumMismatch:
-            await self.sync()
-            return None
+        async with self._lock:
+            match = self.board.tail if conditional else None
+            try:
+                ack = await self.store.append(self.stream, AppendInput(records, match_seq_num=match))
+            except SeqNumMismatch:
+                ack = None
+            if ack is not None and conditional:
+                # Nothing came between our fold and our records: fold them here, no read needed.
+                for offset, event in enumerate(events):
+                    seq = ack.start.seq_num + offset
+                    positioned = Event(
+                        event.type, event.data, event.step, event.agent, event.idem, seq, ack.start.timestamp
+                    )
+                    self._fold(positioned, seq)
+                self._folded()
+                return [self._accepted[ack.start.seq_num + i] for i in range(len(events))]
         await self.sync()
+        if ack is None:
+            return None
         return [self._accepted.get(ack.start.seq_num + i, False) for i in range(len(events))]
+
+    async def append_settled(self, event: Event) -> bool:
+        """Append one event at the tail this client folded (re-folding and retrying when another
+        process got there first); whether the fold accepted it."""
+        while True:
+            accepted = await self.append(event, conditional=True)
+            if accepted is not None:
+                return accepted
 
     # Coordinator side
 
     async def offer(self, id: str, step: str, attempt: int, payload: dict[str, Any], lease_s: float) -> None:
         data = {"id": id, "step": step, "attempt": attempt, "payload": payload, "lease_s": lease_s}
-        await self.append(Event(ev.WORK_OFFERED, data, step=step), conditional=False)
+        await self.append_settled(Event(ev.WORK_OFFERED, data, step=step))
 
     async def withdraw(self, id: str) -> None:
-        await self.append(Event(ev.WORK_WITHDRAWN, {"id": id}), conditional=False)
+        await self.append_settled(Event(ev.WORK_WITHDRAWN, {"id": id}))
 
     # Worker side
 
@@ -182,11 +208,11 @@ class WorkClient:
     async def renew(self, offer: Offer) -> bool:
         until = now_ms() + int(offer.lease_s * 1000)
         data = {"id": offer.id, "worker": self.worker, "until_ms": until}
-        return bool(await self.append(Event(ev.WORK_RENEWED, data, step=offer.step), conditional=False))
+        return await self.append_settled(Event(ev.WORK_RENEWED, data, step=offer.step))
 
     async def report(self, offer: Offer, kind: str, result: dict[str, Any]) -> bool:
         data = {"id": offer.id, "worker": self.worker, "result": result}
-        return bool(await self.append(Event(kind, data, step=offer.step), conditional=False))
+        return await self.append_settled(Event(kind, data, step=offer.step))
 
 
 def failure_result(error: AgentFailed) -> dict[str, Any]:
@@ -259,8 +285,11 @@ class RemoteExecutor:
                 raise failure_of(result)
             raise AgentFailed(f"step {step.id}: offer {id} was withdrawn", retryable=False)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.client.withdraw(id))
+            # Withdraw only when the run itself is cancelled: a coordinator cancelled because it
+            # lost its lease leaves the offer for the one that took over to adopt.
+            if runner.state.cancel_requested:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.client.withdraw(id))
             raise
 
     async def close(self) -> None:

@@ -307,16 +307,16 @@ class Worker:
                 await asyncio.wait({task}, timeout=self.options.lease_s / 3)
                 if not task.done() and not await self.leases.renew(lease, self.options.lease_s):
                     log.warning("lost the lease on %s; stopping", run_id)
+                    self.stats.fenced += 1
                     lost = True
                     task.cancel()
+            if lost:  # renewal refused: another worker holds the lease (and has fenced the log)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                return False
             try:
                 final = await task
             except Fenced:  # another coordinator fenced the control stream first
-                self.stats.fenced += 1
-                return False
-            except asyncio.CancelledError:
-                if not lost:
-                    raise
                 self.stats.fenced += 1
                 return False
         finally:

@@ -37,7 +37,7 @@ import secrets
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -159,6 +159,13 @@ def decode_frame(payload: bytes) -> _Frame:
     return _Frame(timestamp, trim_after, append_id, before, after, tuple(headers), payload[offset:])
 
 
+@dataclass
+class _Watch:
+    subscription: Any = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: int = 0
+
+
 def _hash(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:40]
 
@@ -194,7 +201,8 @@ class NatsStore(StreamStore):
         self._js: JetStreamContext | None = None
         self._connecting = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tips: dict[str, StreamState] = {}  # what this client last saw of each stream
+        self._tips: dict[str, StreamState] = {}
+        self._watches: dict[str, _Watch] = {}  # what this client last saw of each stream
         self._closed = False
 
     # Connection
@@ -603,29 +611,46 @@ class NatsStore(StreamStore):
 
     async def wait_for_tail(self, stream: str, beyond: int) -> int:
         validate_stream_name(stream)
-        nc, _ = await self.connection()
-        woken = asyncio.Event()
-
-        async def wake(_: Msg) -> None:
-            woken.set()
-
-        sub = await nc.subscribe(self.subject(stream), cb=wake)
+        watch = await self._watch(stream)
         try:
             while True:
-                woken.clear()
+                changed = watch.changed
                 state = await self._fetch_state(stream)
                 if state.next_seq > beyond:
                     return state.next_seq
-                # A published message wakes us at once; the timeout covers a restart of the
-                # server (the subscription is replayed on reconnect) and a delete.
+                # A message on the subject wakes us at once; the timeout covers a restart of
+                # the server (the subscription is replayed on reconnect) and a delete.
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
                 # that arrives just as the event is set.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
-                        await woken.wait()
+                        await changed.wait()
         finally:
-            with contextlib.suppress(ConnectionClosedError, NatsTimeout):
-                await sub.unsubscribe()
+            watch.waiters -= 1
+            if watch.waiters == 0:
+                self._watches.pop(stream, None)
+                with contextlib.suppress(ConnectionClosedError, NatsTimeout, NatsStoreError):
+                    await watch.subscription.unsubscribe()
+
+    async def _watch(self, stream: str) -> _Watch:
+        """One core subscription per watched stream, shared by every waiter in this client."""
+        watch = self._watches.get(stream)
+        if watch is None:
+            nc, _ = await self.connection()
+            watch = self._watches.get(stream)  # another waiter may have subscribed meanwhile
+            if watch is None:
+                fresh = _Watch()
+
+                async def wake(_: Msg) -> None:
+                    fresh.changed.set()
+                    fresh.changed = asyncio.Event()
+
+                fresh.subscription = await nc.subscribe(self.subject(stream), cb=wake)
+                watch = self._watches.setdefault(stream, fresh)
+                if watch is not fresh:
+                    await fresh.subscription.unsubscribe()
+        watch.waiters += 1
+        return watch
 
     # Listing and forks
 
