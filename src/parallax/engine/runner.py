@@ -213,6 +213,7 @@ class Runner:
         """Fold what other processes append (cancel requests, gate decisions)."""
         while True:
             await self.store.wait_for_tail(self.log.stream, self.log.tail)
+            await asyncio.sleep(0.02)  # our own appends wake this too: fold a burst in one read
             await self.log.sync()
             if self.state.cancel_requested and not self._cancelled.is_set():
                 self._cancelled.set()

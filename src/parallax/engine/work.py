@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from parallax.engine.runner import Runner
 
 RUNS_STREAM = "work/runs"
+COALESCE_S = 0.05  # seconds a watcher waits after a wake-up before it reads (see _watch)
 log = logging.getLogger("parallax.work")
 
 
@@ -51,6 +52,8 @@ class WorkClient:
         self.board = WorkBoard()
         self._accepted: dict[int, bool] = {}
         self._waiters: dict[str, asyncio.Future[Offer]] = {}  # offer id -> resolved when it ends
+        self._offers: list[tuple[Event, asyncio.Future[None]]] = []
+        self._offering: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -92,9 +95,13 @@ class WorkClient:
         while True:
             try:
                 await self.store.wait_for_tail(self.stream, self.board.tail)
+                # Let a burst of records (claims and results from every worker) land, then fold
+                # them in one read: every process watching a board reads once per burst, not
+                # once per record.
+                await asyncio.sleep(COALESCE_S)
                 await self.sync()
             except StreamNotFound:
-                await asyncio.sleep(0.2)  # nothing offered yet
+                await asyncio.sleep(0.05)  # nothing offered yet
             except Exception as e:  # the store is away (a server restart): keep watching
                 log.warning("work board %s: %s; retrying", self.stream, e)
                 await asyncio.sleep(0.5)
@@ -174,8 +181,30 @@ class WorkClient:
     # Coordinator side
 
     async def offer(self, id: str, step: str, attempt: int, payload: dict[str, Any], lease_s: float) -> None:
+        """Offer an attempt. Offers made at the same moment (a fan-out starting) go out together
+        in one append."""
         data = {"id": id, "step": step, "attempt": attempt, "payload": payload, "lease_s": lease_s}
-        await self.append_settled(Event(ev.WORK_OFFERED, data, step=step))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._offers.append((Event(ev.WORK_OFFERED, data, step=step), future))
+        if self._offering is None or self._offering.done():
+            self._offering = asyncio.create_task(self._flush_offers())
+        await asyncio.shield(future)
+
+    async def _flush_offers(self) -> None:
+        await asyncio.sleep(0)  # let the other steps starting now add theirs
+        while self._offers:
+            batch, self._offers = self._offers[:1000], self._offers[1000:]
+            try:
+                while await self.append_all([event for event, _ in batch], conditional=True) is None:
+                    pass  # a worker appended first: fold it and append at the new tail
+            except Exception as e:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def withdraw(self, id: str) -> None:
         await self.append_settled(Event(ev.WORK_WITHDRAWN, {"id": id}))
@@ -185,11 +214,17 @@ class WorkClient:
     async def claim(self, most: int = 1) -> list[Offer]:
         """Take up to `most` claimable offers (oldest first) in one append; [] if none is
         claimable right now. Claiming several at once keeps workers from racing per offer."""
+        fresh = False
         while True:
-            await self.sync()
+            # Decide on the board as folded (the watcher keeps it current); a conditional append
+            # that finds the tail moved folds the news and decides again.
             candidates = self.board.claimable(now_ms())[:most]
             if not candidates:
-                return []
+                if fresh:
+                    return []
+                await self.sync()
+                fresh = True
+                continue
             events = [
                 Event(
                     ev.WORK_CLAIMED,

@@ -89,6 +89,7 @@ class Worker:
         self.leases = Leases(store)
         self._slots = asyncio.Semaphore(self.options.slots)
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._ended: list[asyncio.Task[None]] = []  # cancelled run loops, awaited before returning
         self._closed: set[str] = set()
         self._states: dict[str, RunState] = {}
         self._stop = asyncio.Event()
@@ -109,7 +110,7 @@ class Worker:
             stopper.cancel()
             for task in self._runs.values():
                 task.cancel()
-            await asyncio.gather(follower, stopper, *self._runs.values(), return_exceptions=True)
+            await asyncio.gather(follower, stopper, *self._runs.values(), *self._ended, return_exceptions=True)
         return self.stats
 
     async def _follow_runs(self) -> None:
@@ -137,6 +138,7 @@ class Worker:
                 task = self._runs.pop(run_id, None)
                 if task is not None:
                     task.cancel()
+                    self._ended.append(task)
             if self.options.exit_when_idle and event.type == ev.RUN_CLOSED and self._idle(wanted):
                 return
 

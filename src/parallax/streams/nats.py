@@ -233,6 +233,7 @@ class NatsStore(StreamStore):
         return await nats.connect(
             servers=self.servers,
             connect_timeout=self.connect_timeout,
+            drain_timeout=2,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
             allow_reconnect=True,
