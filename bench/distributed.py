@@ -101,23 +101,23 @@ async def timed_run(url: str, workers: int, steps: int, sleep: float, slots: int
         async with NatsStore(url) as store:
             run_id = f"bench-{workers}-{time.time_ns()}"
             processes = [
-                subprocess.Popen(
-                    [sys.executable, "-m", "parallax", "--store", url, "worker", "--slots", str(slots),
-                     "--name", f"bench-{workers}-{i}", "--run", run_id, "--exit-when-idle"],
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "parallax", "--store", url, "worker", "--slots", str(slots),
+                    "--name", f"bench-{workers}-{i}", "--run", run_id, "--exit-when-idle",
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 )
                 for i in range(workers)
             ]  # fmt: skip
             for process in processes:  # each prints one line once it is serving
                 assert process.stderr is not None
-                await asyncio.to_thread(process.stderr.readline)
+                await process.stderr.readline()
             await api.create_run(store, run_plan(folder, steps, sleep), run_id=run_id)
             start = time.time()
             await submit(store, run_id)
             # Wait without watching the log (a watcher here would compete for the two cores);
             # the run's own run.finished record says when it ended.
             for process in processes:
-                await asyncio.to_thread(process.wait, 120)
+                await asyncio.wait_for(process.communicate(), 120)
             finished = [e for e in await read_events(store, control_stream(run_id)) if e.type == ev.RUN_FINISHED]
             elapsed = finished[-1].timestamp / 1000 - start
             control = await read_events(store, control_stream(run_id))
