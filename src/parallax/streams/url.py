@@ -21,6 +21,7 @@ SCHEMES = {
     "memory": "in-process, nothing kept (built in)",
     "sqlite": "one SQLite file (built in)",
     "nats": "NATS JetStream servers (pip install 'parallax[nats]')",
+    "s2": "an S2 basin, cloud or s2-lite (pip install 'parallax[s2]')",
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -51,6 +52,10 @@ def open_store(url: str) -> StreamStore:
         from parallax.streams.nats import open_nats
 
         return open_nats(url)
+    if scheme == "s2":
+        from parallax.streams.s2 import open_s2
+
+        return open_s2(url)
     known = "; ".join(f"{name}: {what}" for name, what in SCHEMES.items())
     raise StoreURLError(f"unknown store scheme {scheme!r} in {url!r}. Known schemes: {known}")
 
