@@ -32,7 +32,6 @@ from parallax.streams import (
     open_store,
 )
 from parallax.streams.base import AppendAck, ReadBatch, ReadStart, StreamInfo
-from parallax.streams.semantics import validate_stream_name
 from parallax.streams.s2 import (
     S2Store,
     S2StoreError,
@@ -43,6 +42,7 @@ from parallax.streams.s2 import (
     to_sdk_limit,
     to_sdk_start,
 )
+from parallax.streams.semantics import validate_stream_name
 from tests.streams.contract import StreamStoreContract
 
 # Read at import: the suite's autouse fixture clears PARALLAX_* variables for each test.
@@ -180,7 +180,7 @@ class TestPrefixedAdapter(StreamStoreContract):
 
         inner = MemoryStore()
         await inner.create("other/s")  # another tenant's stream, never seen through the prefix
-        yield Prefixed(inner, "tenant/")
+        return Prefixed(inner, "tenant/")
 
     @pytest.mark.skip(reason="the isolating prefix takes 7 of the name's 512 bytes")
     async def test_512_byte_name_is_accepted(self, store: StreamStore) -> None: ...
