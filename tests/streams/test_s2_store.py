@@ -175,7 +175,7 @@ class TestPrefixedAdapter(StreamStoreContract):
     """The adapter the S2 contract run relies on, checked where it can be: over memory."""
 
     @pytest.fixture
-    async def store(self) -> AsyncIterator[StreamStore]:
+    async def store(self) -> StreamStore:
         from parallax.streams.memory import MemoryStore
 
         inner = MemoryStore()
