@@ -82,6 +82,12 @@ class StreamExists(StreamError):
         self.stream = stream
 
 
+class BlobNotFound(StreamError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"no complete blob {ref}")
+        self.ref = ref
+
+
 class SeqNumMismatch(StreamError):
     """`match_seq_num` did not equal the stream's tail; `expected` is the tail at that moment."""
 

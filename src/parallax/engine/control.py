@@ -8,6 +8,9 @@ Guarantees:
 - If another process appended in between (a person approving a gate, a cancel request),
   the append fails with SeqNumMismatch; the log reads those records, folds them, and tries
   again. If another coordinator fenced the stream, every waiting emit fails with `Fenced`.
+- A step output too large for a record of its own (over 256 KiB of JSON) is kept as a blob
+  (`StreamStore.put_blob`) and the record names it (`{"$blob": "sha256:...", "bytes": n}`);
+  reading the log back resolves it, so the fold never sees the difference.
 """
 
 from __future__ import annotations
@@ -16,11 +19,40 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import orjson
+
+from parallax.core import events as ev
 from parallax.core.errors import Fenced, FencingTokenMismatch, SeqNumMismatch
 from parallax.core.events import Event, decode_event
 from parallax.core.state import RunState
 from parallax.streams.base import MAX_BATCH_BYTES, AppendInput, AppendRecord, StreamStore
+
+BLOB_THRESHOLD = 256 * 1024
+
+
+async def stored_form(store: StreamStore, event: Event) -> Event:
+    """The event as it goes on the log: a large step output moved into a blob."""
+    if event.type != ev.STEP_OUTPUT or "output" not in event.data:
+        return event
+    encoded = orjson.dumps(event.data["output"])
+    if len(encoded) <= BLOB_THRESHOLD:
+        return event
+    ref = await store.put_blob(encoded)
+    data = {**event.data, "output": {"$blob": ref, "bytes": len(encoded)}}
+    return Event(event.type, data, event.step, event.agent, event.idem, event.seq_num, event.timestamp)
+
+
+async def resolved(store: StreamStore, event: Event) -> Event:
+    """The event as it was emitted: a blob-held step output read back."""
+    if event.type != ev.STEP_OUTPUT:
+        return event
+    output: Any = event.data.get("output")
+    if not (isinstance(output, dict) and isinstance(output.get("$blob"), str) and len(output) == 2):
+        return event
+    data = {**event.data, "output": orjson.loads(await store.get_blob(output["$blob"]))}
+    return Event(event.type, data, event.step, event.agent, event.idem, event.seq_num, event.timestamp)
 
 
 def control_stream(run_id: str) -> str:
@@ -44,6 +76,7 @@ class ControlLog:
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.foreign = asyncio.Event()  # set whenever records written by someone else are folded
+        self._stored_as: dict[asyncio.Future[None], Event] = {}  # an emit's form on the log, when it differs
 
     async def load(self) -> RunState:
         async with self._lock:
@@ -56,6 +89,7 @@ class ControlLog:
         for record in records:
             event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
             if event is not None:
+                event = await resolved(self.store, event)
                 self.state.apply(event)
                 folded.append(event)
             self.tail = record.seq_num + 1
@@ -87,6 +121,9 @@ class ControlLog:
         futures = []
         for event in events:
             future: asyncio.Future[None] = loop.create_future()
+            stored = await stored_form(self.store, event)
+            if stored is not event:
+                self._stored_as[future] = stored
             self._pending.append((event, future))
             futures.append(future)
         if self._flusher is None or self._flusher.done():
@@ -106,7 +143,7 @@ class ControlLog:
         size = 0
         while self._pending and len(batch) < 1000:
             event, future = self._pending[0]
-            headers, body = event.encode()
+            headers, body = self._stored_as.get(future, event).encode()
             record = AppendRecord(body=body, headers=headers)
             metered = record.metered_bytes
             if batch and size + metered > MAX_BATCH_BYTES:
@@ -136,9 +173,11 @@ class ControlLog:
                     for _, future in self._pending:
                         _fail(future, error)
                     self._pending.clear()
+                    self._stored_as.clear()
                     return
                 except BaseException as e:
                     for _, future, _ in batch:
+                        self._stored_as.pop(future, None)
                         _fail(future, e if isinstance(e, Exception) else RuntimeError(repr(e)))
                     if not isinstance(e, Exception):
                         raise
@@ -149,6 +188,7 @@ class ControlLog:
                     self.state.apply(positioned)
                     if self.on_event is not None:
                         self.on_event(positioned)
+                    self._stored_as.pop(future, None)
                     if not future.done():
                         future.set_result(None)
                 self.tail = ack.end.seq_num
@@ -173,5 +213,5 @@ async def read_events(store: StreamStore, stream: str, start: int = 0) -> Sequen
     for record in await store.read_all(stream, start):
         event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
         if event is not None:
-            out.append(event)
+            out.append(await resolved(store, event))
     return out

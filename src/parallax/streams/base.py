@@ -22,13 +22,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+import hashlib
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from parallax.core.errors import ReadUnwritten, StreamNotFound
+from parallax.core.errors import BlobNotFound, ReadUnwritten, SeqNumMismatch, StreamNotFound
 
 if TYPE_CHECKING:
     from parallax.streams.kv import KeyValue
@@ -42,6 +43,8 @@ MAX_STREAM_NAME_BYTES = 512
 MAX_FENCING_TOKEN_BYTES = 36
 DEFAULT_READ_COUNT = 1000
 DEFAULT_READ_BYTES = 1024 * 1024
+
+BLOB_CHUNK = 512 * 1024
 
 COMMAND_FENCE = b"fence"
 COMMAND_TRIM = b"trim"
@@ -272,6 +275,38 @@ class StreamStore(abc.ABC):
         await self.close()
 
     # Written once on top of the abstract operations.
+
+    async def put_blob(self, data: bytes) -> str:
+        """Keep `data` under its content address (`sha256:<hex>`) and return the address.
+        By default a blob is the stream `blobs/<hex>`: chunks of 512 KiB appended at their
+        positions, then an end record; writing the same blob twice writes it once. A backend
+        with an object store overrides this (NATS)."""
+        digest = hashlib.sha256(data).hexdigest()
+        stream = f"blobs/{digest}"
+        chunks = [data[i : i + BLOB_CHUNK] for i in range(0, len(data), BLOB_CHUNK)] or [b""]
+        try:
+            for index, chunk in enumerate(chunks):
+                await self.append(stream, AppendInput([AppendRecord(chunk)], match_seq_num=index))
+            end = AppendRecord(str(len(data)).encode(), headers=((b"blob", b"end"),))
+            await self.append(stream, AppendInput([end], match_seq_num=len(chunks)))
+        except SeqNumMismatch:
+            await self.get_blob(f"sha256:{digest}")  # written by someone else: it must be whole
+        return f"sha256:{digest}"
+
+    async def get_blob(self, ref: str) -> bytes:
+        """The bytes kept under `ref`; raises BlobNotFound if they are not all there (or do not
+        hash to the address)."""
+        digest = ref.removeprefix("sha256:")
+        try:
+            records = await self.read_all(f"blobs/{digest}")
+        except StreamNotFound:
+            raise BlobNotFound(ref) from None
+        if not records or records[-1].header(b"blob") != b"end":
+            raise BlobNotFound(ref)
+        data = b"".join(r.body for r in records[:-1])
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobNotFound(ref)
+        return data
 
     def kv(self, bucket: str) -> KeyValue:
         """A key-value bucket with compare-and-swap (leases, the agent registry). By default a

@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from parallax.core.errors import (
+    BlobNotFound,
     ReadUnwritten,
     StoreURLError,
     StreamError,
@@ -81,10 +82,17 @@ try:
     from nats.aio.msg import Msg
     from nats.errors import ConnectionClosedError, NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
-    from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
     from nats.js.client import JetStreamContext
-    from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+    from nats.js.errors import (
+        BucketNotFoundError,
+        KeyNotFoundError,
+        KeyWrongLastSequenceError,
+        NoKeysError,
+        ObjectNotFoundError,
+    )
     from nats.js.kv import KeyValue as NatsBucket
+    from nats.js.object_store import ObjectStore
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the NATS backend needs nats-py: pip install 'parallax[nats]'") from e
 
@@ -202,7 +210,8 @@ class NatsStore(StreamStore):
         self._connecting = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._tips: dict[str, StreamState] = {}
-        self._watches: dict[str, _Watch] = {}  # what this client last saw of each stream
+        self._watches: dict[str, _Watch] = {}
+        self._object_store: ObjectStore | None = None  # what this client last saw of each stream
         self._closed = False
 
     # Connection
@@ -258,6 +267,40 @@ class NatsStore(StreamStore):
         if bucket not in buckets:
             buckets[bucket] = NatsKeyValue(self, f"{self.prefix}_{bucket}")
         return buckets[bucket]
+
+    async def put_blob(self, data: bytes) -> str:
+        """Blobs go to the JetStream object store `<PREFIX>_blobs`, named by their sha256."""
+        digest = hashlib.sha256(data).hexdigest()
+        store = await self._objects()
+        try:
+            await store.get_info(digest)
+        except ObjectNotFoundError:
+            await store.put(digest, data)
+        return f"sha256:{digest}"
+
+    async def get_blob(self, ref: str) -> bytes:
+        digest = ref.removeprefix("sha256:")
+        store = await self._objects()
+        try:
+            result = await store.get(digest)
+        except ObjectNotFoundError:
+            raise BlobNotFound(ref) from None
+        data = result.data or b""
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobNotFound(ref)
+        return data
+
+    async def _objects(self) -> ObjectStore:
+        if self._object_store is None:
+            _, js = await self.connection()
+            bucket = f"{self.prefix}_blobs"
+            try:
+                self._object_store = await js.object_store(bucket)
+            except BucketNotFoundError:
+                self._object_store = await js.create_object_store(
+                    bucket, config=ObjectStoreConfig(bucket=bucket, storage=self.storage, replicas=self.replicas)
+                )
+        return self._object_store
 
     def js_name(self, stream: str) -> str:
         return f"{self.prefix}_{_hash(stream)}"

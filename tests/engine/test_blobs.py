@@ -1,0 +1,78 @@
+"""Blobs: content-addressed bytes beside the streams, and step outputs too large for a record."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parallax.agents.base import AgentContext
+from parallax.core.errors import BlobNotFound
+from parallax.core.plan import AgentSpec, Plan, Step
+from parallax.engine import api
+from parallax.engine.control import control_stream
+from parallax.streams import AppendInput, AppendRecord, StreamStore
+from parallax.streams.memory import MemoryStore
+from parallax.streams.nats import NatsStore
+from parallax.streams.nats_server import NatsServer
+from parallax.streams.sqlite import SqliteStore
+from tests.nats_fixtures import nats_server
+
+__all__ = ["nats_server"]
+
+
+@pytest.fixture(params=["memory", "sqlite", "nats"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        async with SqliteStore(tmp_path / "b.db") as sqlite:
+            yield sqlite
+    else:
+        server: NatsServer = request.getfixturevalue("nats_server")
+        async with NatsStore(server.url, prefix=f"B{secrets.token_hex(4)}") as nats:
+            yield nats
+
+
+async def test_blobs_round_trip_by_content(store: StreamStore) -> None:
+    data = secrets.token_bytes(3 * 1024 * 1024 + 17)  # several chunks, not a multiple of one
+    ref = await store.put_blob(data)
+    assert ref.startswith("sha256:")
+    assert await store.put_blob(data) == ref  # the same bytes, the same address, stored once
+    assert await store.get_blob(ref) == data
+    assert await store.get_blob(await store.put_blob(b"")) == b""
+    with pytest.raises(BlobNotFound):
+        await store.get_blob("sha256:" + "0" * 64)
+
+
+async def test_an_incomplete_blob_is_not_returned() -> None:
+    store = MemoryStore()
+    data = b"x" * 1_000_000
+    ref = await store.put_blob(data)
+    digest = ref.removeprefix("sha256:")
+    # A writer that died after its first chunk: no end record, so no blob.
+    await store.append(f"blobs/{'1' * 64}", AppendInput([AppendRecord(b"partial")]))
+    with pytest.raises(BlobNotFound):
+        await store.get_blob("sha256:" + "1" * 64)
+    assert await store.get_blob(f"sha256:{digest}") == data
+
+
+async def big(ctx: AgentContext) -> dict[str, Any]:
+    return {"text": "y" * 3_000_000, "n": 1}
+
+
+async def test_a_step_output_over_a_record_goes_to_a_blob(store: StreamStore) -> None:
+    plan = Plan(
+        name="big",
+        steps=(Step(id="big", kind="agent", agent=AgentSpec(kind="python", ref=f"{__name__}:big")),),
+    )
+    state = await api.run_plan(store, plan, run_id="big")
+    assert state.status == "succeeded"
+    assert state.steps["big"].output == {"text": "y" * 3_000_000, "n": 1}
+    records = await store.read_all(control_stream("big"))
+    assert max(len(r.body) for r in records) < 64 * 1024  # the log holds a reference, not 3 MB
+    again = await api.load_run(store, "big")  # read back: resolved from the blob
+    assert again.steps["big"].output == state.steps["big"].output
