@@ -85,7 +85,9 @@ try:
     from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
     from nats.js.client import JetStreamContext
     from nats.js.errors import (
+        APIError,
         BucketNotFoundError,
+        ServiceUnavailableError,
         KeyNotFoundError,
         KeyWrongLastSequenceError,
         NoKeysError,
@@ -101,6 +103,7 @@ _FRAME = struct.Struct(">BQQ16sB")  # version, timestamp, trim point after, appe
 _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058
+_NO_PEERS = 10005  # no suitable peers for placement (a clustered server is away)
 _META_NAME = "parallax.name"
 _META_CREATED = "parallax.created_at"
 _META_BASE = "parallax.base"  # state of a stream created empty by a fork: next seq, ts, token, trim
@@ -386,8 +389,13 @@ class NatsStore(StreamStore):
             first_seq=first_seq + 1 if first_seq else None,
             metadata=metadata,
         )
-        response = await self._api(f"STREAM.CREATE.{config.name}", config.as_dict())
-        error = response.get("error")
+        deadline = time.monotonic() + self.timeout * 6
+        while True:
+            response = await self._api(f"STREAM.CREATE.{config.name}", config.as_dict())
+            error = response.get("error")
+            if not (error and error.get("err_code") == _NO_PEERS and time.monotonic() < deadline):
+                break
+            await asyncio.sleep(0.25)  # a clustered server is away: its replica place is not ready
         if error:
             if error.get("err_code") == _STREAM_NAME_IN_USE:
                 raise StreamExists(stream)
@@ -831,10 +839,16 @@ class NatsKeyValue(KeyValue):
         while True:
             try:
                 return await operation(await self._bucket())
-            except (NatsTimeout, ConnectionClosedError, NoRespondersError, OSError) as e:
+            except (NatsTimeout, ConnectionClosedError, NoRespondersError, OSError, ServiceUnavailableError) as e:
                 if time.monotonic() > deadline:
                     raise NatsStoreError(f"NATS KV {self.bucket} did not answer in time") from e
                 await asyncio.sleep(0.1)
+            except APIError as e:
+                # A cluster still placing replicas (a node restarting) answers "peer offline".
+                if e.err_code == _NO_PEERS and time.monotonic() < deadline:
+                    await asyncio.sleep(0.25)
+                    continue
+                raise NatsStoreError(f"NATS KV {self.bucket}: {e.description}") from e
 
     async def get(self, key: str) -> Entry | None:
         async def op(kv: NatsBucket) -> Entry | None:
