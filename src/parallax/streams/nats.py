@@ -87,11 +87,11 @@ try:
     from nats.js.errors import (
         APIError,
         BucketNotFoundError,
-        ServiceUnavailableError,
         KeyNotFoundError,
         KeyWrongLastSequenceError,
         NoKeysError,
         ObjectNotFoundError,
+        ServiceUnavailableError,
     )
     from nats.js.kv import KeyValue as NatsBucket
     from nats.js.object_store import ObjectStore
