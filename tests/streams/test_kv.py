@@ -13,7 +13,8 @@ import pytest
 from parallax.streams import StreamStore
 from parallax.streams.kv import KeyExists, RevisionMismatch
 from parallax.streams.memory import MemoryStore
-from parallax.streams.nats import NatsStore, decode_key, encode_key
+from parallax.streams.nats import NatsStore
+from parallax.streams.nats_codec import decode_key, encode_key
 from parallax.streams.nats_server import NatsServer
 from parallax.streams.sqlite import SqliteStore
 from tests.nats_fixtures import nats_server

@@ -1,29 +1,14 @@
-"""NATS JetStream backend: the same stream semantics, on a server that scales out.
+"""NATS JetStream backend: the same stream semantics, on servers that scale out.
 
-Layout (one JetStream stream per Parallax stream, as the S2 model wants):
-
-- a Parallax stream `name` is the JetStream stream `<PREFIX>_<sha256(name)[:40]>` with the
-  single subject `<prefix>.s.<same hash>`; the real name is kept in the stream's metadata and
-  description (`nats stream ls` shows it). Hashing is needed because JetStream names may not
-  hold `.`, `/`, spaces or more than a file name's length, and Parallax names may;
-- record `seq_num` n is JetStream sequence n + 1 (JetStream counts from 1), so S2's contiguous
-  numbering is JetStream's own; a fork starts its stream at the source's numbers (`first_seq`);
-- every append, conditional or not, is published with `Nats-Expected-Last-Sequence` set to the
-  sequence the writer last saw, so the server checks the position atomically with the write;
-  a batch of records is one JetStream atomic batch (ADR-50, nats-server >= 2.12), all stored
-  or none;
-- a record's S2 headers, timestamp, and the stream state around it (fencing token before and
-  after, trim point after) travel inside the message payload (NATS headers cannot carry an
-  empty name or arbitrary bytes). The last message therefore *is* the stream's state, and a
-  writer fences or matches against it under the expected-last-sequence check. That is why
-  fencing does not need a separate KV entry: a KV compare-and-swap next to the append could
-  not be made atomic with it, while the sequence check is;
-- a trim purges physically up to the trim point but always keeps the newest message (it
-  carries the state); readers start at the trim point, so a kept message below it is hidden.
-
-An append whose acknowledgement is lost (server restart, timeout) is retried with the same
-append id; if the retry finds the position taken, the record there is checked for that id, so
-an append is neither lost nor written twice across reconnects.
+One JetStream stream per Parallax stream (`<PREFIX>_<sha256(name)[:40]>`, the real name in its
+metadata); seq_num n is JetStream sequence n + 1; every append is published with
+`Nats-Expected-Last-Sequence` (a batch as one atomic batch, ADR-50, nats-server >= 2.12); a
+record's headers, timestamp and the stream state around it (fencing token before and after,
+trim point after) travel in its payload frame (`nats_codec`), so the newest message *is* the
+stream's state and fencing is checked under the server's sequence check. A trim purges up to
+the trim point but keeps the newest message. An append whose acknowledgement is lost is
+retried; if its position is taken, the record there is checked for the append's id, so nothing
+is lost or written twice. The why of each choice: docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -31,18 +16,14 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
 import json
 import secrets
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from parallax.core.errors import (
-    BlobNotFound,
     ReadUnwritten,
     StoreURLError,
     StreamError,
@@ -65,7 +46,7 @@ from parallax.streams.base import (
     StreamStore,
     Timestamp,
 )
-from parallax.streams.kv import Entry, KeyExists, KeyValue, RevisionMismatch
+from parallax.streams.kv import KeyValue
 from parallax.streams.semantics import (
     apply_append,
     now_ms,
@@ -77,108 +58,26 @@ from parallax.streams.semantics import (
 )
 
 try:
-    import nats
     from nats.aio.client import Client as NatsClient
     from nats.aio.msg import Msg
     from nats.errors import ConnectionClosedError, NoRespondersError
     from nats.errors import TimeoutError as NatsTimeout
-    from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+    from nats.js.api import StorageType, StreamConfig
     from nats.js.client import JetStreamContext
-    from nats.js.errors import (
-        APIError,
-        BucketNotFoundError,
-        KeyNotFoundError,
-        KeyWrongLastSequenceError,
-        NoKeysError,
-        ObjectNotFoundError,
-        ServiceUnavailableError,
-    )
-    from nats.js.kv import KeyValue as NatsBucket
-    from nats.js.object_store import ObjectStore
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("the NATS backend needs nats-py: pip install 'parallax[nats]'") from e
 
-_VERSION = 1
-_FRAME = struct.Struct(">BQQ16sB")  # version, timestamp, trim point after, append id, len(token before)
+from parallax.streams.nats_buckets import NO_PEERS as _NO_PEERS
+from parallax.streams.nats_buckets import NatsBlobs, NatsKeyValue
+from parallax.streams.nats_codec import Frame, NatsStoreError, decode_frame, encode_frame, parse_nats_url, stream_hash
+from parallax.streams.nats_connection import NatsConnection
+
 _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058
-_NO_PEERS = 10005  # no suitable peers for placement (a clustered server is away)
 _META_NAME = "parallax.name"
 _META_CREATED = "parallax.created_at"
 _META_BASE = "parallax.base"  # state of a stream created empty by a fork: next seq, ts, token, trim
-
-
-class NatsStoreError(StreamError):
-    """The NATS server refused or could not be reached; the message says which and how to fix it."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Frame:
-    timestamp: int
-    trim_after: int
-    append_id: bytes
-    token_before: str
-    token_after: str
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-
-
-def encode_frame(
-    timestamp: int,
-    trim_after: int,
-    append_id: bytes,
-    token_before: str,
-    token_after: str,
-    headers: Sequence[tuple[bytes, bytes]],
-    body: bytes,
-) -> bytes:
-    """One record as a message payload (see the module docstring)."""
-    before = token_before.encode()
-    after = token_after.encode()
-    parts = [_FRAME.pack(_VERSION, timestamp, trim_after, append_id, len(before)), before, bytes([len(after)]), after]
-    parts.append(struct.pack(">H", len(headers)))
-    for name, value in headers:
-        parts.append(struct.pack(">II", len(name), len(value)))
-        parts.append(name)
-        parts.append(value)
-    parts.append(body)
-    return b"".join(parts)
-
-
-def decode_frame(payload: bytes) -> _Frame:
-    version, timestamp, trim_after, append_id, before_len = _FRAME.unpack_from(payload, 0)
-    if version != _VERSION:
-        raise NatsStoreError(f"a message has frame version {version}; this Parallax reads version {_VERSION}")
-    offset = _FRAME.size
-    before = payload[offset : offset + before_len].decode()
-    offset += before_len
-    after_len = payload[offset]
-    offset += 1
-    after = payload[offset : offset + after_len].decode()
-    offset += after_len
-    (count,) = struct.unpack_from(">H", payload, offset)
-    offset += 2
-    headers: list[tuple[bytes, bytes]] = []
-    for _ in range(count):
-        name_len, value_len = struct.unpack_from(">II", payload, offset)
-        offset += 8
-        name = payload[offset : offset + name_len]
-        offset += name_len
-        headers.append((name, payload[offset : offset + value_len]))
-        offset += value_len
-    return _Frame(timestamp, trim_after, append_id, before, after, tuple(headers), payload[offset:])
-
-
-@dataclass
-class _Watch:
-    subscription: Any = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    waiters: int = 0
-
-
-def _hash(name: str) -> str:
-    return hashlib.sha256(name.encode()).hexdigest()[:40]
 
 
 class NatsStore(StreamStore):
@@ -206,63 +105,17 @@ class NatsStore(StreamStore):
         self.storage = StorageType.MEMORY if storage == "memory" else StorageType.FILE
         self.create_on_append = create_on_append
         self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.user_credentials = user_credentials
-        self._nc: NatsClient | None = None
-        self._js: JetStreamContext | None = None
-        self._connecting = asyncio.Lock()
+        self._conn = NatsConnection(self.servers, timeout, connect_timeout, user_credentials)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tips: dict[str, StreamState] = {}
-        self._watches: dict[str, _Watch] = {}
-        self._object_store: ObjectStore | None = None  # what this client last saw of each stream
-        self._closed = False
-
-    # Connection
+        self._tips: dict[str, StreamState] = {}  # what this client last saw of each stream
+        self._blobs = NatsBlobs(self)
 
     async def connection(self) -> tuple[NatsClient, JetStreamContext]:
         """The connected client (connecting on first use; reconnects are automatic)."""
-        if self._nc is not None and self._js is not None and not self._nc.is_closed:
-            return self._nc, self._js
-        async with self._connecting:
-            if self._nc is None or self._nc.is_closed or self._js is None:
-                if self._closed:
-                    raise NatsStoreError("the NATS store is closed")
-                try:
-                    # The first connection must succeed within the timeout; later drops are
-                    # reconnected forever (max_reconnect_attempts=-1) while requests wait.
-                    self._nc = await asyncio.wait_for(self._connect(), self.connect_timeout * 2 + 1)
-                except Exception as e:
-                    raise NatsStoreError(
-                        f"cannot connect to NATS at {self.url}: {e or type(e).__name__}. "
-                        "Start one with: nats-server -js -a 127.0.0.1"
-                    ) from e
-                self._js = self._nc.jetstream(timeout=self.timeout)
-            assert self._nc is not None
-            assert self._js is not None
-            return self._nc, self._js
-
-    async def _connect(self) -> NatsClient:
-        return await nats.connect(
-            servers=self.servers,
-            connect_timeout=self.connect_timeout,
-            drain_timeout=2,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            allow_reconnect=True,
-            user_credentials=self.user_credentials,
-            error_cb=_ignore_error,
-            disconnected_cb=_noop,
-            reconnected_cb=_noop,
-            closed_cb=_noop,
-        )
+        return await self._conn.connection()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except Exception:  # already disconnected: close is all that is left
-                await self._nc.close()
+        await self._conn.close()
 
     def kv(self, bucket: str) -> KeyValue:
         """A JetStream key-value bucket (`<PREFIX>_<bucket>`), created on first use."""
@@ -273,64 +126,22 @@ class NatsStore(StreamStore):
 
     async def put_blob(self, data: bytes) -> str:
         """Blobs go to the JetStream object store `<PREFIX>_blobs`, named by their sha256."""
-        digest = hashlib.sha256(data).hexdigest()
-        store = await self._objects()
-        try:
-            await store.get_info(digest)
-        except ObjectNotFoundError:
-            await store.put(digest, data)
-        return f"sha256:{digest}"
+        return await self._blobs.put(data)
 
     async def get_blob(self, ref: str) -> bytes:
-        digest = ref.removeprefix("sha256:")
-        store = await self._objects()
-        try:
-            result = await store.get(digest)
-        except ObjectNotFoundError:
-            raise BlobNotFound(ref) from None
-        data = result.data or b""
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise BlobNotFound(ref)
-        return data
-
-    async def _objects(self) -> ObjectStore:
-        if self._object_store is None:
-            _, js = await self.connection()
-            bucket = f"{self.prefix}_blobs"
-            try:
-                self._object_store = await js.object_store(bucket)
-            except BucketNotFoundError:
-                self._object_store = await js.create_object_store(
-                    bucket, config=ObjectStoreConfig(bucket=bucket, storage=self.storage, replicas=self.replicas)
-                )
-        return self._object_store
+        return await self._blobs.get(ref)
 
     def js_name(self, stream: str) -> str:
-        return f"{self.prefix}_{_hash(stream)}"
+        return f"{self.prefix}_{stream_hash(stream)}"
 
     def subject(self, stream: str) -> str:
-        return f"{self.subject_prefix}.s.{_hash(stream)}"
-
-    # Requests that survive a server restart
+        return f"{self.subject_prefix}.s.{stream_hash(stream)}"
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> Msg:
-        """A request retried while the server is away (reconnecting), up to the store's timeout x 6."""
-        nc, _ = await self.connection()
-        deadline = time.monotonic() + self.timeout * 6
-        while True:
-            try:
-                return await nc.request(subject, payload, timeout=self.timeout, headers=headers)
-            except (NatsTimeout, NoRespondersError, ConnectionClosedError, OSError) as e:
-                if isinstance(e, NoRespondersError) and subject.startswith("$JS.API.DIRECT.GET."):
-                    raise  # no stream answers: the caller decides whether that means "missing"
-                if time.monotonic() > deadline or self._closed:
-                    raise NatsStoreError(f"NATS at {self.url} did not answer {subject.split('.')[2]} in time") from e
-                await asyncio.sleep(0.1)
+        return await self._conn.request(subject, payload, headers)
 
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        msg = await self._request(f"$JS.API.{subject}", json.dumps(body or {}).encode())
-        response: dict[str, Any] = json.loads(msg.data)
-        return response
+        return await self._conn.api(subject, body)
 
     # State
 
@@ -569,14 +380,14 @@ class NatsStore(StreamStore):
 
     async def _direct_batch(
         self, stream: str, start: int, count: int, max_bytes: int | None
-    ) -> builtins.list[tuple[int, _Frame]]:
+    ) -> builtins.list[tuple[int, Frame]]:
         """Up to `count` records from seq `start`, in one direct batch get."""
         frames, _ = await self._direct_batch_pending(stream, start, count, max_bytes)
         return frames
 
     async def _direct_batch_pending(
         self, stream: str, start: int, count: int, max_bytes: int | None
-    ) -> tuple[builtins.list[tuple[int, _Frame]], int | None]:
+    ) -> tuple[builtins.list[tuple[int, Frame]], int | None]:
         """`_direct_batch`, and how many messages the server still had after the last one
         returned (None when it did not say)."""
         nc, _ = await self.connection()
@@ -585,7 +396,7 @@ class NatsStore(StreamStore):
             request["max_bytes"] = max_bytes
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        out: builtins.list[tuple[int, _Frame]] = []
+        out: builtins.list[tuple[int, Frame]] = []
         pending: int | None = None
         try:
             await nc.publish(f"$JS.API.DIRECT.GET.{self.js_name(stream)}", json.dumps(request).encode(), reply=inbox)
@@ -663,8 +474,7 @@ class NatsStore(StreamStore):
 
     async def wait_for_tail(self, stream: str, beyond: int) -> int:
         validate_stream_name(stream)
-        watch = await self._watch(stream)
-        try:
+        async with self._conn.watching(self.subject(stream)) as watch:
             while True:
                 changed = watch.changed
                 state = await self._fetch_state(stream)
@@ -677,32 +487,6 @@ class NatsStore(StreamStore):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await changed.wait()
-        finally:
-            watch.waiters -= 1
-            if watch.waiters == 0:
-                self._watches.pop(stream, None)
-                with contextlib.suppress(ConnectionClosedError, NatsTimeout, NatsStoreError):
-                    await watch.subscription.unsubscribe()
-
-    async def _watch(self, stream: str) -> _Watch:
-        """One core subscription per watched stream, shared by every waiter in this client."""
-        watch = self._watches.get(stream)
-        if watch is None:
-            nc, _ = await self.connection()
-            watch = self._watches.get(stream)  # another waiter may have subscribed meanwhile
-            if watch is None:
-                fresh = _Watch()
-
-                async def wake(_: Msg) -> None:
-                    fresh.changed.set()
-                    fresh.changed = asyncio.Event()
-
-                fresh.subscription = await nc.subscribe(self.subject(stream), cb=wake)
-                watch = self._watches.setdefault(stream, fresh)
-                if watch is not fresh:
-                    await fresh.subscription.unsubscribe()
-        watch.waiters += 1
-        return watch
 
     # Listing and forks
 
@@ -739,7 +523,7 @@ class NatsStore(StreamStore):
         if at_seq < 0 or at_seq > state.next_seq:
             raise ReadUnwritten(state.next_seq, stream=src, start=at_seq)
         start = min(state.trim_point, at_seq)
-        frames: builtins.list[tuple[int, _Frame]] = []
+        frames: builtins.list[tuple[int, Frame]] = []
         position = start
         while position < at_seq:
             batch = await self._direct_batch(src, position, min(1000, at_seq - position), None)
@@ -781,128 +565,6 @@ class NatsStore(StreamStore):
         return info
 
 
-_KEY_SAFE = frozenset("-/_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-
-
-def encode_key(key: str) -> str:
-    """A JetStream KV key for any string: safe characters kept, the rest (and `=`) as =XX bytes."""
-    out = []
-    for char in key:
-        if char in _KEY_SAFE:
-            out.append(char)
-        else:
-            out.extend(f"={byte:02X}" for byte in char.encode())
-    return "".join(out) or "=00"
-
-
-def decode_key(key: str) -> str:
-    if key == "=00":
-        return ""
-    raw = bytearray()
-    index = 0
-    while index < len(key):
-        if key[index] == "=":
-            raw.append(int(key[index + 1 : index + 3], 16))
-            index += 3
-        else:
-            raw.extend(key[index].encode())
-            index += 1
-    return raw.decode()
-
-
-class NatsKeyValue(KeyValue):
-    """A JetStream KV bucket (history 1); operations are retried while the server restarts."""
-
-    def __init__(self, store: NatsStore, bucket: str) -> None:
-        self.store = store
-        self.bucket = bucket
-        self._kv: NatsBucket | None = None
-
-    async def _bucket(self) -> NatsBucket:
-        if self._kv is None:
-            _, js = await self.store.connection()
-            try:
-                self._kv = await js.key_value(self.bucket)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=self.bucket,
-                        history=1,
-                        storage=self.store.storage,
-                        replicas=self.store.replicas,
-                    )
-                )
-        return self._kv
-
-    async def _retry(self, operation: Any) -> Any:
-        deadline = time.monotonic() + self.store.timeout * 6
-        while True:
-            try:
-                return await operation(await self._bucket())
-            except (NatsTimeout, ConnectionClosedError, NoRespondersError, OSError, ServiceUnavailableError) as e:
-                if time.monotonic() > deadline:
-                    raise NatsStoreError(f"NATS KV {self.bucket} did not answer in time") from e
-                await asyncio.sleep(0.1)
-            except APIError as e:
-                # A cluster still placing replicas (a node restarting) answers "peer offline".
-                if e.err_code == _NO_PEERS and time.monotonic() < deadline:
-                    await asyncio.sleep(0.25)
-                    continue
-                raise NatsStoreError(f"NATS KV {self.bucket}: {e.description}") from e
-
-    async def get(self, key: str) -> Entry | None:
-        async def op(kv: NatsBucket) -> Entry | None:
-            try:
-                entry = await kv.get(encode_key(key))
-            except KeyNotFoundError:
-                return None
-            return Entry(key, entry.value or b"", entry.revision or 0)
-
-        result: Entry | None = await self._retry(op)
-        return result
-
-    async def create(self, key: str, value: bytes) -> int:
-        async def op(kv: NatsBucket) -> int:
-            try:
-                return int(await kv.create(encode_key(key), value))
-            except KeyWrongLastSequenceError:
-                raise KeyExists(key) from None
-
-        return int(await self._retry(op))
-
-    async def update(self, key: str, value: bytes, revision: int) -> int:
-        async def op(kv: NatsBucket) -> int:
-            try:
-                return int(await kv.update(encode_key(key), value, last=revision))
-            except KeyWrongLastSequenceError:
-                current = await self.get(key)
-                raise RevisionMismatch(key, revision, current.revision if current else 0) from None
-
-        return int(await self._retry(op))
-
-    async def put(self, key: str, value: bytes) -> int:
-        return int(await self._retry(lambda kv: kv.put(encode_key(key), value)))
-
-    async def delete(self, key: str) -> None:
-        await self._retry(lambda kv: kv.delete(encode_key(key)))
-
-    async def entries(self, prefix: str = "") -> builtins.list[Entry]:
-        async def keys(kv: NatsBucket) -> builtins.list[str]:
-            try:
-                return builtins.list(await kv.keys())
-            except NoKeysError:
-                return []
-
-        names = sorted(decode_key(k) for k in await self._retry(keys))
-        out: builtins.list[Entry] = []
-        for name in names:
-            if name.startswith(prefix):
-                entry = await self.get(name)
-                if entry is not None:
-                    out.append(entry)
-        return out
-
-
 def _error_of(data: bytes) -> dict[str, Any] | None:
     if not data:
         return None
@@ -911,49 +573,16 @@ def _error_of(data: bytes) -> dict[str, Any] | None:
     return error if isinstance(error, dict) else None
 
 
-async def _ignore_error(_: Exception) -> None:
-    """Connection errors are handled where requests fail; the client reconnects on its own."""
-
-
-async def _noop() -> None:
-    return None
-
-
 def open_nats(url: str) -> NatsStore:
     """nats://host:port[,host:port...][?replicas=3&storage=file|memory&prefix=PX&create_on_append=true]"""
-    body, _, query = url.partition("?")
-    parsed = urlsplit(body)
-    hosts = [h for h in parsed.netloc.split(",") if h]
-    if not hosts:
-        raise StoreURLError(f"store URL {url!r} names no NATS server; try nats://127.0.0.1:4222")
-    if parsed.path not in ("", "/"):
-        raise StoreURLError(f"store URL {url!r}: a NATS URL has no path (got {parsed.path!r})")
-    options = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
-    servers = [f"nats://{h}" for h in hosts]
-    try:
-        replicas = int(options.pop("replicas", "1"))
-    except ValueError:
-        raise StoreURLError(f"store URL {url!r}: replicas must be a number") from None
-    if not 1 <= replicas <= 5:
-        raise StoreURLError(f"store URL {url!r}: replicas must be 1..5, got {replicas}")
-    storage = options.pop("storage", "file")
-    if storage not in ("file", "memory"):
-        raise StoreURLError(f"store URL {url!r}: storage must be file or memory, got {storage!r}")
-    prefix = options.pop("prefix", "PX")
-    create = options.pop("create_on_append", "true").lower() in ("1", "true", "yes", "on")
-    credentials = options.pop("creds", None)
-    if options:
-        raise StoreURLError(
-            f"store URL {url!r}: unknown option(s) {', '.join(sorted(options))}; "
-            "known: replicas, storage, prefix, create_on_append, creds"
-        )
+    options = parse_nats_url(url)
     return NatsStore(
-        servers,
-        prefix=prefix,
-        replicas=replicas,
-        storage=storage,
-        create_on_append=create,
-        user_credentials=credentials,
+        options.servers,
+        prefix=options.prefix,
+        replicas=options.replicas,
+        storage=options.storage,
+        create_on_append=options.create_on_append,
+        user_credentials=options.credentials,
     )
 
 

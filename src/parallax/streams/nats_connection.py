@@ -1,0 +1,143 @@
+"""One connection to a NATS server or cluster, and requests that wait out a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.client import JetStreamContext
+
+from parallax.streams.nats_codec import NatsStoreError
+
+
+@dataclass
+class Watch:
+    subscription: Any = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # replaced each time it is set
+    waiters: int = 0
+
+
+class NatsConnection:
+    def __init__(self, servers: list[str], timeout: float, connect_timeout: float, credentials: str | None) -> None:
+        self.servers = servers
+        self.url = ",".join(servers)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.credentials = credentials
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._connecting = asyncio.Lock()
+        self._watches: dict[str, Watch] = {}
+        self.closed = False
+
+    async def connection(self) -> tuple[NatsClient, JetStreamContext]:
+        """The connected client (connecting on first use; reconnects are automatic)."""
+        if self._nc is not None and self._js is not None and not self._nc.is_closed:
+            return self._nc, self._js
+        async with self._connecting:
+            if self._nc is None or self._nc.is_closed or self._js is None:
+                if self.closed:
+                    raise NatsStoreError("the NATS store is closed")
+                try:
+                    # The first connection must succeed within the timeout; later drops are
+                    # reconnected forever (max_reconnect_attempts=-1) while requests wait.
+                    self._nc = await asyncio.wait_for(self._connect(), self.connect_timeout * 2 + 1)
+                except Exception as e:
+                    raise NatsStoreError(
+                        f"cannot connect to NATS at {self.url}: {e or type(e).__name__}. "
+                        "Start one with: nats-server -js -a 127.0.0.1"
+                    ) from e
+                self._js = self._nc.jetstream(timeout=self.timeout)
+            assert self._nc is not None
+            assert self._js is not None
+            return self._nc, self._js
+
+    async def _connect(self) -> NatsClient:
+        return await nats.connect(
+            servers=self.servers,
+            connect_timeout=self.connect_timeout,
+            drain_timeout=2,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            user_credentials=self.credentials,
+            error_cb=_ignore_error,
+            disconnected_cb=_noop,
+            reconnected_cb=_noop,
+            closed_cb=_noop,
+        )
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception:  # already disconnected: close is all that is left
+                await self._nc.close()
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> Msg:
+        """A request retried while the server is away (reconnecting), up to the timeout x 6."""
+        nc, _ = await self.connection()
+        deadline = time.monotonic() + self.timeout * 6
+        while True:
+            try:
+                return await nc.request(subject, payload, timeout=self.timeout, headers=headers)
+            except (NatsTimeout, NoRespondersError, ConnectionClosedError, OSError) as e:
+                if isinstance(e, NoRespondersError) and subject.startswith("$JS.API.DIRECT.GET."):
+                    raise  # no stream answers: the caller decides whether that means "missing"
+                if time.monotonic() > deadline or self.closed:
+                    raise NatsStoreError(f"NATS at {self.url} did not answer {subject.split('.')[2]} in time") from e
+                await asyncio.sleep(0.1)
+
+    @contextlib.asynccontextmanager
+    async def watching(self, subject: str) -> AsyncIterator[Watch]:
+        """A wake-up for each message published on `subject`: one core subscription per
+        subject, shared by every waiter on this connection."""
+        watch = self._watches.get(subject)
+        if watch is None:
+            nc, _ = await self.connection()
+            watch = self._watches.get(subject)  # another waiter may have subscribed meanwhile
+            if watch is None:
+                fresh = Watch()
+
+                async def wake(_: Msg) -> None:
+                    fresh.changed.set()
+                    fresh.changed = asyncio.Event()
+
+                fresh.subscription = await nc.subscribe(subject, cb=wake)
+                watch = self._watches.setdefault(subject, fresh)
+                if watch is not fresh:
+                    await fresh.subscription.unsubscribe()
+        watch.waiters += 1
+        try:
+            yield watch
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0:
+                self._watches.pop(subject, None)
+                with contextlib.suppress(ConnectionClosedError, NatsTimeout, NatsStoreError):
+                    await watch.subscription.unsubscribe()
+
+    async def api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A JetStream API call (`$JS.API.<subject>`), its JSON answer."""
+        msg = await self.request(f"$JS.API.{subject}", json.dumps(body or {}).encode())
+        response: dict[str, Any] = json.loads(msg.data)
+        return response
+
+
+async def _ignore_error(_: Exception) -> None:
+    """Connection errors are handled where requests fail; the client reconnects on its own."""
+
+
+async def _noop() -> None:
+    return None
