@@ -68,11 +68,11 @@ async def run_plan(
 
 
 async def load_run(store: StreamStore, run_id: str) -> RunState:
+    """The run's state: its control stream folded (from a verified snapshot when there is one)."""
     try:
-        events = await read_events(store, control_stream(run_id))
+        state = await ControlLog(store, run_id).load()
     except StreamNotFound:
         raise RunNotFound(run_id) from None
-    state = fold(events)
     if state.plan is None:
         raise RunNotFound(run_id)
     return state
@@ -80,7 +80,10 @@ async def load_run(store: StreamStore, run_id: str) -> RunState:
 
 async def resume_run(store: StreamStore, run_id: str, options: RunOptions | None = None) -> RunState:
     """Fold the log and continue: finished steps are never run again."""
-    await load_run(store, run_id)
+    try:
+        await store.check_tail(control_stream(run_id))
+    except StreamNotFound:
+        raise RunNotFound(run_id) from None
     return await Runner(store, run_id, options).run()
 
 

@@ -27,7 +27,8 @@ from parallax.core import events as ev
 from parallax.core.errors import Fenced, FencingTokenMismatch, SeqNumMismatch
 from parallax.core.events import Event, decode_event
 from parallax.core.state import RunState
-from parallax.streams.base import MAX_BATCH_BYTES, AppendInput, AppendRecord, StreamStore
+from parallax.engine.snapshots import SNAPSHOT_EVERY, dump_state, load_snapshot, write_snapshot
+from parallax.streams.base import MAX_BATCH_BYTES, AppendInput, AppendRecord, Record, StreamStore
 
 BLOB_THRESHOLD = 256 * 1024
 
@@ -64,8 +65,16 @@ def agent_stream(run_id: str, agent: str) -> str:
 
 
 class ControlLog:
-    def __init__(self, store: StreamStore, run_id: str, on_event: Callable[[Event], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: StreamStore,
+        run_id: str,
+        on_event: Callable[[Event], None] | None = None,
+        *,
+        snapshots: bool = False,
+    ) -> None:
         self.store = store
+        self.snapshots = snapshots  # take fold snapshots every SNAPSHOT_EVERY records (the coordinator does)
         self.on_event = on_event  # called with each event once its append is acknowledged
         self.run_id = run_id
         self.stream = control_stream(run_id)
@@ -77,9 +86,17 @@ class ControlLog:
         self._lock = asyncio.Lock()
         self.foreign = asyncio.Event()  # set whenever records written by someone else are folded
         self._stored_as: dict[asyncio.Future[None], Event] = {}  # an emit's form on the log, when it differs
+        self._snapshot_at = 0
+        self._snapshot_writes: set[asyncio.Task[None]] = set()
 
     async def load(self) -> RunState:
+        """Fold the log: from the newest snapshot that checks out against it, else from 0."""
         async with self._lock:
+            if self.tail == 0:
+                found = await load_snapshot(self.store, self.run_id, self.stream)
+                if found is not None:
+                    self.state, self.tail = found
+                    self._snapshot_at = self.tail
             await self._read_new()
         return self.state
 
@@ -95,7 +112,22 @@ class ControlLog:
             self.tail = record.seq_num + 1
         if folded:
             self.foreign.set()
+        if records:
+            self._maybe_snapshot(records[-1], records[-1].timestamp)
         return folded
+
+    def _maybe_snapshot(self, last: Record | AppendRecord, timestamp: int) -> None:
+        """Every SNAPSHOT_EVERY records: pickle the state now (it folds exactly [0, tail)) and
+        keep it in the background; a failed write only means the next resume folds more."""
+        if not self.snapshots or self.tail - self._snapshot_at < SNAPSHOT_EVERY:
+            return
+        self._snapshot_at = self.tail
+        payload = dump_state(self.state)
+        task = asyncio.get_running_loop().create_task(
+            write_snapshot(self.store, self.run_id, payload, self.tail, last, timestamp)
+        )
+        self._snapshot_writes.add(task)
+        task.add_done_callback(_finished_write(self._snapshot_writes))
 
     async def sync(self) -> list[Event]:
         """Fold whatever others appended since our tail."""
@@ -192,11 +224,23 @@ class ControlLog:
                     if not future.done():
                         future.set_result(None)
                 self.tail = ack.end.seq_num
+                self._maybe_snapshot(batch[-1][2], ack.end.timestamp)
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
             with contextlib.suppress(Exception):
                 await self._flusher
+        if self._snapshot_writes:
+            await asyncio.gather(*self._snapshot_writes, return_exceptions=True)
+
+
+def _finished_write(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed snapshot write is not an error of the run
+
+    return done
 
 
 def _positioned(event: Event, seq_num: int, timestamp: int) -> Event:

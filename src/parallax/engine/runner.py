@@ -83,7 +83,7 @@ class Runner:
         self.store = store
         self.run_id = run_id
         self.options = options or RunOptions()
-        self.log = ControlLog(store, run_id, self.options.on_event)
+        self.log = ControlLog(store, run_id, self.options.on_event, snapshots=True)
         self._agents: dict[tuple[object, ...], Agent] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}

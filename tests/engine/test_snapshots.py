@@ -1,0 +1,104 @@
+"""Fold snapshots: resuming from one gives exactly the state a full fold gives, reads only the
+tail, and a snapshot that does not check out against the log is ignored."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from parallax.core import events as ev
+from parallax.core.events import Event
+from parallax.core.plan import AgentSpec, Plan, Step
+from parallax.core.state import describe, fold
+from parallax.engine import api
+from parallax.engine.control import ControlLog, control_stream, read_events
+from parallax.engine.snapshots import SNAPSHOT_EVERY, load_snapshot, load_state, snapshot_stream
+from parallax.streams import AppendInput, AppendRecord, StreamStore
+from parallax.streams.sqlite import SqliteStore
+
+
+def long_plan() -> Plan:
+    agent = AgentSpec(kind="python", ref="tests.engine.agents:side_effect")
+    steps = [Step(id=f"s{i}", kind="agent", agent=agent) for i in range(40)]
+    final = Step(id="last", kind="agent", agent=agent, after=tuple(s.id for s in steps))
+    return Plan(name="long", steps=(*steps, final), inputs={"dir": "/nonexistent"})
+
+
+async def write_history(store: StreamStore, run_id: str, rounds: int) -> None:
+    """What a coordinator would have written: many failed attempts, then outputs."""
+    log = ControlLog(store, run_id, snapshots=True)
+    await log.load()
+    await log.take_over("writer")
+    for i in range(40):
+        step = f"s{i}"
+        history = []
+        for attempt in range(1, rounds + 1):
+            history.append(Event(ev.STEP_STARTED, {"attempt": attempt}, step=step, agent=step))
+            history.append(Event(ev.STEP_FAILED, {"attempt": attempt, "error": "x", "final": False}, step=step))
+        history.append(Event(ev.STEP_OUTPUT, {"output": {"i": i}, "attempt": rounds + 1}, step=step, agent=step))
+        await log.emit(*history)
+    await log.close()
+
+
+async def test_resume_from_a_snapshot_equals_a_full_fold(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        run_id = await api.create_run(store, long_plan(), run_id="long")
+        await write_history(store, run_id, rounds=40)  # 40 x 81 = 3,240 events
+        snapshots = await store.read_all(snapshot_stream(run_id))
+        assert len(snapshots) == 3  # one per SNAPSHOT_EVERY records
+        found = await load_snapshot(store, run_id, control_stream(run_id))
+        assert found is not None
+        snapshot_state, at = found
+        assert at == json.loads(snapshots[-1].body)["at"] >= 3 * SNAPSHOT_EVERY
+        assert snapshot_state.next_seq <= at
+        from_snapshot = await api.load_run(store, run_id)
+        full = fold(await read_events(store, control_stream(run_id)))
+        assert describe(from_snapshot) == describe(full)
+        assert from_snapshot.steps == full.steps
+        assert from_snapshot.next_seq == full.next_seq
+
+
+async def test_a_snapshot_that_does_not_match_the_log_is_ignored(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        run_id = await api.create_run(store, long_plan(), run_id="long")
+        await write_history(store, run_id, rounds=20)
+        good = await api.load_run(store, run_id)
+        # A snapshot claiming a different record at its position (another log's): ignored.
+        newest = json.loads((await store.read_all(snapshot_stream(run_id)))[-1].body)
+        forged = {**newest, "last_digest": "0" * 64}
+        await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(json.dumps(forged).encode())]))
+        assert await load_snapshot(store, run_id, control_stream(run_id)) is None
+        assert (await api.load_run(store, run_id)).steps == good.steps
+        # A snapshot whose state blob is missing: ignored.
+        gone = {**newest, "state": "sha256:" + "1" * 64}
+        await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(json.dumps(gone).encode())]))
+        assert await load_snapshot(store, run_id, control_stream(run_id)) is None
+        # Garbage: ignored.
+        await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(b"not json")]))
+        assert (await api.load_run(store, run_id)).steps == good.steps
+
+
+def test_snapshots_cannot_run_code() -> None:
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned > /tmp/parallax-pwned",))
+
+    with pytest.raises(pickle.UnpicklingError, match="may not rebuild"):
+        load_state(pickle.dumps(Evil()))
+    assert not Path("/tmp/parallax-pwned").exists()
+
+
+async def test_a_resumed_run_continues_from_the_snapshot(tmp_path: Path) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    plan = long_plan().model_copy(update={"inputs": {"dir": str(folder)}})
+    async with SqliteStore(tmp_path / "s.db") as store:
+        run_id = await api.create_run(store, plan, run_id="long")
+        await write_history(store, run_id, rounds=30)
+        state = await api.resume_run(store, run_id)
+        assert state.status == "succeeded"
+        assert (folder / "executions").read_text().split() == ["last", str(os.getpid())]  # only the new step ran
