@@ -156,7 +156,8 @@ def main() -> None:
                 cli.append(cli_once(copy(base, folder / f"c{rep}.db"), run_id))
         med = statistics.median
         print(
-            f"resume from a snapshot {med(resume):.3f} s; full fold {med(full):.3f} s; raw sqlite3 read {med(raw):.3f} s"
+            f"resume from a snapshot {med(resume):.3f} s; full fold {med(full):.3f} s; "
+            f"raw sqlite3 read {med(raw):.3f} s"
         )
         print(f"`parallax resume` in a new process, spawn to the first new step: {med(cli):.3f} s")
         print(f"RESULT resume_s={med(resume):.3f} raw_read_s={med(raw):.3f} ratio={med(resume) / med(raw):.2f}")
