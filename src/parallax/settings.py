@@ -1,15 +1,33 @@
-"""The one place Parallax reads its environment.
+"""The one place Parallax reads its configuration: files, then the environment.
 
-Every variable is prefixed `PARALLAX_`; error messages name the variable they came from.
-Later layers add their settings here rather than reading `os.environ` themselves.
+Layers, later winning: built-in defaults; the user's `parallax.toml`
+(`$XDG_CONFIG_HOME/parallax/parallax.toml`, default `~/.config/parallax/parallax.toml`); the
+project's `parallax.toml` (at the project root); `PARALLAX_*` variables; command-line flags.
+Every value remembers where it came from (`parallax config show`); errors name the file, line
+and key, or the variable.
+
+    store = "sqlite:.parallax/parallax.db"      # any store URL
+    model = "anthropic:claude-sonnet-4-5"       # for llm agents that leave it open
+    [budget]  max_tokens = 2_000_000, max_cost_usd = 25.0   (for plans that set none)
+    [limits]  concurrency = 8
+    [presets.mytool]  like = "claude", argv = ["mytool", "-p", "{prompt}"], model_flag = [...]
+    [hooks]   on_step_complete / on_task_complete / on_merge / on_conflict / on_finish = "cmd" or [argv],
+              timeout_s = 30
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parallax.core.errors import UserError
 
 PROJECT_MARKERS = ("parallax.toml", ".parallax", ".git")
 DEFAULT_STORE_RELATIVE = Path(".parallax") / "parallax.db"
@@ -33,33 +51,244 @@ PROVIDER_DEFAULTS = (
 )
 
 
+HOOK_EVENTS = ("on_step_complete", "on_task_complete", "on_merge", "on_conflict", "on_finish")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BudgetConfig(_Section):
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+
+
+class LimitsConfig(_Section):
+    concurrency: int | None = Field(default=None, gt=0)
+
+
+class PresetConfig(_Section):
+    like: str = "claude"  # the built-in preset whose output parser this one uses
+    argv: list[str]
+    model_flag: list[str] = []
+    default_model: str | None = None
+
+
+class HooksConfig(_Section):
+    on_step_complete: str | list[str] | None = None
+    on_task_complete: str | list[str] | None = None
+    on_merge: str | list[str] | None = None
+    on_conflict: str | list[str] | None = None
+    on_finish: str | list[str] | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ConfigFile(_Section):
+    store: str | None = None
+    model: str | None = None
+    budget: BudgetConfig = BudgetConfig()
+    limits: LimitsConfig = LimitsConfig()
+    presets: dict[str, PresetConfig] = {}
+    hooks: HooksConfig = HooksConfig()
+
+
+# PARALLAX_* variables and the key each overrides.
+ENV_KEYS = {
+    "PARALLAX_STORE": "store",
+    "PARALLAX_MODEL": "model",
+    "PARALLAX_MAX_TOKENS": "budget.max_tokens",
+    "PARALLAX_MAX_COST_USD": "budget.max_cost_usd",
+    "PARALLAX_CONCURRENCY": "limits.concurrency",
+    **{f"PARALLAX_HOOK_{name.upper()}": f"hooks.{name}" for name in HOOK_EVENTS},
+}
+
+
+def user_config_path(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_CONFIG_HOME") or str(Path(environ.get("HOME", str(Path.home()))) / ".config")
+    return Path(base) / "parallax" / "parallax.toml"
+
+
+def _line_of(text: str, location: tuple[Any, ...]) -> int | None:
+    """The line a key is written on (best effort: the last key of the location, after its table)."""
+    key = str(location[-1]) if location else ""
+    table_line = 0
+    if len(location) > 1:
+        header = re.compile(rf"^\s*\[\s*{re.escape('.'.join(str(p) for p in location[:-1]))}\s*\]")
+        for number, line in enumerate(text.splitlines(), 1):
+            if header.match(line):
+                table_line = number
+                break
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), 1):
+        if number > table_line and pattern.match(line):
+            return number
+    own_table = re.compile(rf"^\s*\[+\s*{re.escape('.'.join(str(p) for p in location))}\s*\]")
+    for number, line in enumerate(text.splitlines(), 1):
+        if own_table.match(line):
+            return number
+    return table_line or None
+
+
+def _written(raw: Any, location: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of a validation error's location that is keys of the file (pydantic appends
+    union members and the like)."""
+    kept: list[Any] = []
+    node = raw
+    for part in location:
+        if isinstance(node, dict) and part in node:
+            kept.append(part)
+            node = node[part]
+        elif not isinstance(node, dict) and not kept:
+            break
+        elif isinstance(node, dict):
+            kept.append(part)  # a key the file should not have (extra) or lacks (missing)
+            break
+        else:
+            break
+    return tuple(kept) or location
+
+
+def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, str]]:
+    """A config file, validated, and where each key it sets was written (`file:line`)."""
+    text = path.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: {e}") from None
+    try:
+        config = ConfigFile.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        location = _written(raw, tuple(first["loc"]))
+        line = _line_of(text, location)
+        where = f"{path}:{line}" if line else str(path)
+        raise UserError(f"{where}: {'.'.join(str(p) for p in location)}: {first['msg']}") from None
+    origins: dict[str, str] = {}
+
+    def walk(prefix: tuple[str, ...], value: Any) -> None:
+        for key, item in value.items():
+            location = (*prefix, key)
+            if isinstance(item, dict) and location[0] != "presets":
+                walk(location, item)
+            else:
+                line = _line_of(text, location)
+                origins[".".join(location)] = f"{path}:{line}" if line else str(path)
+
+    walk((), raw)
+    return config, origins
+
+
 @dataclass(frozen=True)
 class Settings:
-    store_url: str | None = None  # PARALLAX_STORE
-    model: str | None = None  # PARALLAX_MODEL
+    store_url: str | None = None  # store / PARALLAX_STORE
+    model: str | None = None  # model / PARALLAX_MODEL
     provider_keys: tuple[str, ...] = ()  # names of the provider key variables that are set
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    concurrency: int | None = None
+    presets: Mapping[str, PresetConfig] = field(default_factory=dict)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The environment alone (no files)."""
+        return cls.load(environ=environ, files=False)
+
+    @classmethod
+    def load(cls, cwd: Path | None = None, environ: Mapping[str, str] | None = None, *, files: bool = True) -> Settings:
+        """Defaults, the user's file, the project's file, then PARALLAX_* variables."""
         env = os.environ if environ is None else environ
+        merged: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        presets: dict[str, PresetConfig] = {}
+        hooks: dict[str, Any] = {}
+        paths = [user_config_path(env), find_project_root(cwd) / "parallax.toml"] if files else []
+        for path in paths:
+            if not path.is_file():
+                continue
+            config, where = read_config_file(path)
+            data = config.model_dump(exclude_unset=True)
+            for key in ("store", "model"):
+                if key in data:
+                    merged[key] = data[key]
+            store = data.get("store")
+            if isinstance(store, str) and store.startswith("sqlite:") and not store.startswith("sqlite://"):
+                merged["store"] = f"sqlite://{(path.parent / store.removeprefix('sqlite:')).resolve()}"  # file-relative
+            for section in ("budget", "limits"):
+                for key, value in data.get(section, {}).items():
+                    merged[f"{section}.{key}"] = value
+            for name, preset in config.presets.items():
+                presets[name] = preset
+            hooks.update(data.get("hooks", {}))
+            origins.update(where)
+        for variable, key in ENV_KEYS.items():
+            value = env.get(variable)
+            if not value:
+                continue
+            try:
+                if key in ("budget.max_tokens", "limits.concurrency"):
+                    merged[key] = int(value)
+                elif key == "budget.max_cost_usd":
+                    merged[key] = float(value)
+                elif key.startswith("hooks."):
+                    hooks[key.removeprefix("hooks.")] = value
+                else:
+                    merged[key] = value
+            except ValueError:
+                raise UserError(f"{variable}={value!r} is not a number") from None
+            origins[key] = variable
+        try:
+            hook_config = HooksConfig.model_validate(hooks)
+            budget = BudgetConfig(
+                max_tokens=merged.get("budget.max_tokens"), max_cost_usd=merged.get("budget.max_cost_usd")
+            )
+            limits = LimitsConfig(concurrency=merged.get("limits.concurrency"))
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise UserError(f"configuration: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
         return cls(
-            store_url=env.get("PARALLAX_STORE") or None,
-            model=env.get("PARALLAX_MODEL") or None,
+            store_url=merged.get("store") or None,
+            model=merged.get("model") or None,
             provider_keys=tuple(name for name, _ in PROVIDER_DEFAULTS if env.get(name)),
+            max_tokens=budget.max_tokens,
+            max_cost_usd=budget.max_cost_usd,
+            concurrency=limits.concurrency,
+            presets=presets,
+            hooks=hook_config,
+            origins=origins,
         )
+
+    def effective(self, cwd: Path | None = None) -> list[tuple[str, Any, str]]:
+        """(key, value, where it came from) for every setting, for `parallax config show`."""
+        store = self.default_store_url(cwd)
+        model, why = self.default_model()
+        rows: list[tuple[str, Any, str]] = [
+            ("store", store, self.origins.get("store", "default (project root)")),
+            ("model", model, self.origins.get("model", why if model else "default (offline: " + why + ")")),
+            ("budget.max_tokens", self.max_tokens, self.origins.get("budget.max_tokens", "default (none)")),
+            ("budget.max_cost_usd", self.max_cost_usd, self.origins.get("budget.max_cost_usd", "default (none)")),
+            ("limits.concurrency", self.concurrency, self.origins.get("limits.concurrency", "default (the plan's)")),
+        ]
+        for name, preset in sorted(self.presets.items()):
+            rows.append((f"presets.{name}", preset.model_dump(), self.origins.get(f"presets.{name}", "")))
+        for name in (*HOOK_EVENTS, "timeout_s"):
+            value = getattr(self.hooks, name)
+            rows.append((f"hooks.{name}", value, self.origins.get(f"hooks.{name}", "default")))
+        return rows
 
     def default_model(self) -> tuple[str | None, str]:
         """The model to use when a plan leaves it open, and why: PARALLAX_MODEL, else the
         default model of the first provider whose key is set, else None (offline)."""
         if self.model:
-            return self.model, "PARALLAX_MODEL"
+            return self.model, self.origins.get("model", "PARALLAX_MODEL")
         for name, model in PROVIDER_DEFAULTS:
             if name in self.provider_keys:
                 return model, name
         return None, "no PARALLAX_MODEL and no provider key (ANTHROPIC_API_KEY, OPENAI_API_KEY, GOOGLE_API_KEY)"
 
     def default_store_url(self, cwd: Path | None = None) -> str:
-        """PARALLAX_STORE if set, else `.parallax/parallax.db` under the project root."""
+        """`store` (PARALLAX_STORE or a parallax.toml), else `.parallax/parallax.db` under the project root."""
         if self.store_url:
             return self.store_url
         return f"sqlite://{find_project_root(cwd) / DEFAULT_STORE_RELATIVE}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +33,9 @@ from parallax.agents.base import Agent, AgentContext, AgentResult
 from parallax.agents.command import parse_output, render_command
 from parallax.agents.process import run_process, tail_text
 from parallax.core import events as ev
-from parallax.core.errors import AgentFailed, PlanError
+from parallax.core.errors import AgentFailed, PlanError, UserError
 from parallax.core.plan import AgentSpec
+from parallax.settings import PresetConfig
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -212,6 +213,28 @@ PRESETS: dict[str, Preset] = {
         parse_opencode,
     ),
 }
+
+
+# The preset names patterns may use (the YAML schema's enum): the built-ins, plus those added.
+PRESET_NAMES: list[str] = sorted(PRESETS)
+
+
+def register_presets(configured: Mapping[str, PresetConfig]) -> None:
+    """Add the presets of parallax.toml (`[presets.<name>]`): an argv with `{prompt}`, a model
+    flag with `{model}`, and the built-in preset whose output parser it shares (`like`)."""
+    for name, config in configured.items():
+        base = PRESETS.get(config.like)
+        if base is None:
+            raise UserError(
+                f"presets.{name}.like: unknown preset {config.like!r}; built in: {', '.join(sorted(PRESETS))}"
+            )
+        if "{prompt}" not in config.argv:
+            raise UserError(f'presets.{name}.argv must contain "{{prompt}}" where the prompt goes')
+        PRESETS[name] = Preset(
+            tuple(config.argv), tuple(config.model_flag), base.parse, config.default_model, base.stdout_is_answer
+        )
+        if name not in PRESET_NAMES:
+            PRESET_NAMES.append(name)
 
 
 def preset_argv(preset: Preset, prompt: str, model: str | None) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
 from parallax import __version__
+from parallax.agents.cli import register_presets
 from parallax.cli.context import CliContext, exit_code_for, fail
 from parallax.cli.demo import demo
 from parallax.cli.live import COMMANDS as LIVE_COMMANDS
@@ -41,12 +43,37 @@ class ParallaxGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, store_url: str | None) -> None:
     """Run AI agents in parallel, coordinated through durable streams."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.load()
+    except ParallaxError as e:
+        fail(str(e), exit_code_for(e))
+    register_presets(settings.presets)
     ctx.obj = CliContext(store_url=store_url or settings.default_store_url(), settings=settings)
+
+
+@click.group()
+def config() -> None:
+    """The effective configuration (parallax.toml files, PARALLAX_* variables)."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Every setting, its value, and where that value came from."""
+    settings: Settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+    rows = settings.effective()
+    if as_json:
+        click.echo(json.dumps([{"key": k, "value": v, "from": w} for k, v, w in rows], indent=2, default=str))
+        return
+    for key, value, where in rows:
+        shown = "-" if value is None else json.dumps(value) if not isinstance(value, str) else value
+        click.echo(f"{key:22} {shown}    ({where})")
 
 
 for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, *PLANNER_COMMANDS, *SERVE_COMMANDS, streams, demo):
     cli.add_command(command)
+cli.add_command(config)
 
 
 def main() -> None:

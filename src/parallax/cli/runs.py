@@ -23,15 +23,16 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from parallax.cli.context import run_with_store
+from parallax.cli.context import CliContext, run_with_store
 from parallax.cli.lanes import LaneView
 from parallax.core import events as ev
-from parallax.core.plan import Plan
+from parallax.core.plan import Budget, Plan
 from parallax.core.state import RunState, describe
 from parallax.engine import api
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
 from parallax.patterns.load import load_target
+from parallax.settings import HOOK_EVENTS
 from parallax.streams.base import StreamStore
 
 
@@ -110,8 +111,24 @@ async def wait_finished(store: StreamStore, run_id: str) -> RunState:
     return await api.load_run(store, run_id)
 
 
-def _options(concurrency: int | None, no_cache: bool) -> RunOptions:
-    return RunOptions(concurrency=concurrency, use_cache=not no_cache, workdir=Path.cwd())
+def _options(ctx: click.Context, concurrency: int | None, no_cache: bool) -> RunOptions:
+    """Run options from the flags, then parallax.toml / PARALLAX_* (concurrency, hooks)."""
+    settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+    hooks = settings.hooks if any(getattr(settings.hooks, name) for name in HOOK_EVENTS) else None
+    return RunOptions(
+        concurrency=concurrency or settings.concurrency, use_cache=not no_cache, workdir=Path.cwd(), hooks=hooks
+    )
+
+
+def with_default_budget(ctx: click.Context, plan: Plan) -> Plan:
+    """A plan that sets no budget gets the configured one (parallax.toml [budget], PARALLAX_MAX_*)."""
+    settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+    if plan.budget.max_tokens is not None or plan.budget.max_cost_usd is not None:
+        return plan
+    if settings.max_tokens is None and settings.max_cost_usd is None:
+        return plan
+    budget = Budget(max_tokens=settings.max_tokens, max_cost_usd=settings.max_cost_usd)
+    return plan.model_copy(update={"budget": budget})
 
 
 @click.command()
@@ -144,7 +161,7 @@ def run(
     """Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."""
     if detach and not submit:
         raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
-    plan = load_target(target, parse_inputs(inputs, input_files))
+    plan = with_default_budget(ctx, load_target(target, parse_inputs(inputs, input_files)))
     console = Console(stderr=as_json)
 
     async def action(store: StreamStore) -> RunState:
@@ -162,7 +179,7 @@ def run(
                     console.print(f"submitted; follow it with: parallax tail {new_id}")
                 return await api.load_run(store, new_id)
             return await wait_finished(store, new_id)
-        return await execute(store, new_id, _options(concurrency, no_cache), console, quiet or as_json)
+        return await execute(store, new_id, _options(ctx, concurrency, no_cache), console, quiet or as_json)
 
     finish(console, run_with_store(ctx, action), as_json, output)
 
@@ -194,7 +211,7 @@ def resume(
         done = sum(1 for s in state.steps.values() if s.status == "succeeded")
         if not as_json:
             console.print(f"resuming {run_id}: {done}/{len(state.steps)} steps already done")
-        return await execute(store, run_id, _options(concurrency, no_cache), console, quiet or as_json)
+        return await execute(store, run_id, _options(ctx, concurrency, no_cache), console, quiet or as_json)
 
     finish(console, run_with_store(ctx, action), as_json, output)
 
@@ -228,7 +245,7 @@ def fork(
             console.print(f"forked {run_id} at {at_seq} into [bold]{forked}[/]")
         if no_run:
             return await api.load_run(store, forked)
-        return await execute(store, forked, _options(None, False), console, quiet or as_json)
+        return await execute(store, forked, _options(ctx, None, False), console, quiet or as_json)
 
     state = run_with_store(ctx, action)
     if no_run:

@@ -72,8 +72,11 @@ class ControlLog:
         on_event: Callable[[Event], None] | None = None,
         *,
         snapshots: bool = False,
+        on_folded: Callable[[Event], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_folded = on_folded  # called with each event others appended, folded after load()
+        self._loaded = False
         self.snapshots = snapshots  # take fold snapshots every SNAPSHOT_EVERY records (the coordinator does)
         self.on_event = on_event  # called with each event once its append is acknowledged
         self.run_id = run_id
@@ -98,6 +101,7 @@ class ControlLog:
                     self.state, self.tail = found
                     self._snapshot_at = self.tail
             await self._read_new()
+            self._loaded = True
         return self.state
 
     async def _read_new(self) -> list[Event]:
@@ -109,6 +113,8 @@ class ControlLog:
                 event = await resolved(self.store, event)
                 self.state.apply(event)
                 folded.append(event)
+                if self.on_folded is not None and self._loaded:
+                    self.on_folded(event)
             self.tail = record.seq_num + 1
         if folded:
             self.foreign.set()

@@ -57,7 +57,9 @@ from parallax.engine.dataplane import (
 )
 from parallax.engine.expansion import run_control, run_subrun, run_tasks_step
 from parallax.engine.gates import run_gate
+from parallax.engine.hooks import Hooks
 from parallax.engine.merging import run_merge
+from parallax.settings import HooksConfig
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 
@@ -69,6 +71,7 @@ class RunOptions:
     parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
     on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
     executor: Executor | None = None  # runs agent attempts elsewhere (distributed mode); None: here
+    hooks: HooksConfig | None = None  # commands run on events (parallax.toml [hooks])
     coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
 
 
@@ -83,7 +86,12 @@ class Runner:
         self.store = store
         self.run_id = run_id
         self.options = options or RunOptions()
-        self.log = ControlLog(store, run_id, self.options.on_event, snapshots=True)
+        self.hooks = (
+            Hooks(store, run_id, self.options.hooks, step_kind=self._step_kind, cwd=self.options.workdir)
+            if self.options.hooks is not None
+            else None
+        )
+        self.log = ControlLog(store, run_id, self._observe, snapshots=True, on_folded=self.hooks)
         self._agents: dict[tuple[object, ...], Agent] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -92,6 +100,17 @@ class Runner:
         self._all_done = asyncio.Event()
         self._fatal: BaseException | None = None
         self._budget_recorded = False
+
+    def _observe(self, event: Event) -> None:
+        if self.options.on_event is not None:
+            self.options.on_event(event)
+        if self.hooks is not None:
+            self.hooks(event)
+
+    def _step_kind(self, step_id: str) -> str | None:
+        plan = self.state.plan
+        step = next((s for s in plan.steps if s.id == step_id), None) if plan is not None else None
+        return step.kind if step is not None else None
 
     @property
     def state(self) -> RunState:
@@ -137,6 +156,8 @@ class Runner:
                 task.cancel()
             await asyncio.gather(watcher, *self._tasks.values(), return_exceptions=True)
             await self.log.close()
+            if self.hooks is not None:
+                await self.hooks.drain()
         return self.state
 
     # Scheduling

@@ -45,6 +45,7 @@ from parallax.engine.control import agent_stream
 from parallax.engine.lease import Lease, Leases
 from parallax.engine.runner import Runner, RunOptions
 from parallax.engine.work import RUNS_STREAM, RemoteExecutor, WorkClient, failure_result
+from parallax.settings import HooksConfig
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 log = logging.getLogger("parallax.worker")
@@ -69,6 +70,7 @@ class WorkerOptions:
     workdir: Path | None = None
     parent_env: Mapping[str, str] | None = None
     runs: tuple[str, ...] = ()  # only these runs (default: every submitted run)
+    hooks: HooksConfig | None = None  # as coordinator: parallax.toml [hooks]
     exit_when_idle: bool = False  # stop when the given runs are closed, or when nothing is open after work
 
 
@@ -299,7 +301,7 @@ class Worker:
         executor = RemoteExecutor(self.store, run_id, lease_s=self.options.claim_lease_s)
         options = RunOptions(
             coordinator=lease.token, executor=executor, workdir=self.options.workdir,
-            parent_env=self.options.parent_env,
+            parent_env=self.options.parent_env, hooks=self.options.hooks,
         )  # fmt: skip
         runner = Runner(self.store, run_id, options)
         task = asyncio.create_task(runner.run(), name=f"coordinate:{run_id}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from parallax.agents.cli import PRESET_NAMES
+
 FIELD_PATH = r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*|\[\*\])*$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 TYPE_EXPR = r"^(str|int|float|bool|dict|list\[(str|int|float|bool|dict)\])\??$"
@@ -54,7 +56,7 @@ _agent: dict[str, Any] = {
         "instructions": {"type": "string"},
         "ref": {"type": "string", "pattern": r"^.+:[A-Za-z_][\w.]*$"},
         "command": {"type": "string", "minLength": 1},
-        "preset": {"enum": ["claude", "codex", "gemini", "aider", "opencode"]},
+        "preset": {"enum": PRESET_NAMES},  # the built-in presets and those parallax.toml adds
         "env": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
         "settings": {"type": "object"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
