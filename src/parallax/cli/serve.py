@@ -12,8 +12,10 @@ from pathlib import Path
 
 import click
 
-from parallax.cli.context import CliContext
+from parallax.cli.context import CliContext, run_with_store
 from parallax.core.errors import UserError
+from parallax.engine.runner import RunOptions
+from parallax.streams.base import StreamStore
 
 
 def _loopback(host: str) -> bool:
@@ -51,4 +53,17 @@ def serve(ctx: click.Context, host: str, port: int, token_file: Path | None) -> 
     uvicorn.run(create_app(cli.store_url, token), host=host, port=port, log_level="warning")
 
 
-COMMANDS = [serve]
+@click.command()
+@click.pass_context
+def mcp(ctx: click.Context) -> None:
+    """Serve Parallax to a coding agent over the Model Context Protocol (stdio):
+    `claude mcp add parallax -- parallax mcp`. Runs it starts execute in this process."""
+    from parallax.server.mcp_tools import serve_stdio
+
+    async def go(store: StreamStore) -> None:
+        await serve_stdio(store, RunOptions(workdir=Path.cwd()))
+
+    run_with_store(ctx, go)
+
+
+COMMANDS = [serve, mcp]
