@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
+from parallax import telemetry
 from parallax.agents.base import Agent, AgentContext, AgentResult
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, InvalidOutput, ProviderError
@@ -161,6 +162,7 @@ class LlmAgent(Agent):
         # The run's budget is checked by the engine between calls ("stops new calls when spent");
         # a call in flight finishes, and what it used is recorded even when it fails.
         usage = RunUsage()
+        tool_spans: dict[str, Any] = {}  # tool call id -> its span, ended when the result comes
         ctx.log(ev.AGENT_INPUT, {"model": model_name, "prompt": prompt, "instructions": spec.instructions})
         result: Any = None
         try:
@@ -182,11 +184,20 @@ class LlmAgent(Agent):
                             ctx.emit(event.delta.args_delta)
                     elif isinstance(event, FunctionToolCallEvent):
                         ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.part.tool_name, "args": event.part.args})
+                        tool_spans[event.part.tool_call_id] = telemetry.start_span(
+                            f"execute_tool {event.part.tool_name}",
+                            {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.part.tool_name,
+                             "gen_ai.tool.call.id": event.part.tool_call_id, "parallax.step": ctx.step_id,
+                             "parallax.stream": ctx.stream},
+                        )  # fmt: skip
                     elif isinstance(event, FunctionToolResultEvent):
                         content = getattr(event.part, "content", None)
                         text = content if isinstance(content, str) else json.dumps(content, default=str)
                         tool = getattr(event.part, "tool_name", None)
                         ctx.log(ev.AGENT_TOOL_RESULT, {"tool": tool, "result": text[:2000]})
+                        tool_span = tool_spans.pop(getattr(event.part, "tool_call_id", ""), None)
+                        if tool_span is not None:
+                            tool_span.end()
                     elif isinstance(event, AgentRunResultEvent):
                         result = event.result
         except AgentFailed as e:

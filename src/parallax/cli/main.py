@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import click
 
-from parallax import __version__
+from parallax import __version__, telemetry
 from parallax.agents.cli import register_presets
 from parallax.cli.context import CliContext, exit_code_for, fail
 from parallax.cli.demo import demo
@@ -77,4 +78,5 @@ cli.add_command(config)
 
 
 def main() -> None:
+    telemetry.configure_from_env(os.environ)  # off unless OTEL_* asks for traces
     cli(prog_name="parallax")

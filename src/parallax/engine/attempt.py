@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from parallax import telemetry
 from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
 from parallax.agents.process import run_process
 from parallax.agents.refs import resolve_model
@@ -99,12 +100,25 @@ async def run_attempt(
         env=dict(env),
         workdir=workdir,
     )
+    model_name = step.agent.model if step.agent.kind in ("llm", "coder") else None
+    name = f"chat {model_name}" if model_name else f"parallax.agent {step.agent.kind}"
+    attributes = {
+        "parallax.run_id": request.run_id, "parallax.step": step.id, "parallax.agent.kind": step.agent.kind,
+        "parallax.attempt": request.attempt, "parallax.stream": agent_stream(request.run_id, step.id),
+        **(telemetry.gen_ai_attributes(model_name, None) if model_name else {}),
+    }  # fmt: skip
     try:
-        if step.timeout_s is None:
-            result = await agent.run(ctx)
-        else:
-            async with asyncio.timeout(step.timeout_s):
+        with telemetry.span(name, attributes) as current:
+            if step.timeout_s is None:
                 result = await agent.run(ctx)
+            else:
+                async with asyncio.timeout(step.timeout_s):
+                    result = await agent.run(ctx)
+            if model_name:
+                usage = telemetry.gen_ai_attributes(model_name, result.usage)
+                current.set_attributes({k: v for k, v in usage.items() if v is not None})
+            elif result.usage:
+                current.set_attribute("parallax.cost_usd", result.usage.get("cost_usd"))
     except TimeoutError:
         raise AgentTimeout(f"step {step.id} ran past its timeout of {step.timeout_s:g}s") from None
     except AgentFailed:

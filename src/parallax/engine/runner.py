@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parallax import telemetry
 from parallax.agents import build_agent
 from parallax.agents.base import Agent, AgentLog, AgentResult, BudgetView
 from parallax.agents.process import agent_environment
@@ -100,10 +101,19 @@ class Runner:
         self._all_done = asyncio.Event()
         self._fatal: BaseException | None = None
         self._budget_recorded = False
+        self._trace: object = None  # the run span's context: every step span hangs off it
 
     def _observe(self, event: Event) -> None:
         if self.options.on_event is not None:
             self.options.on_event(event)
+        if event.type in (ev.STEPS_ADDED, ev.TOPOLOGY_APPLIED):  # requests carried out (or refused)
+            for request, outcome in (event.data.get("applied") or {}).items():
+                action = str(self.state.requests.get(int(request), {}).get("action", ""))
+                attributes = {"parallax.run_id": self.run_id, "parallax.stream": self.log.stream,
+                              "parallax.seq": event.seq_num, "parallax.request_seq": int(request),
+                              "parallax.outcome": str(outcome)[:200]}  # fmt: skip
+                with telemetry.span(f"parallax.topology {action}".strip(), attributes, parent=self._trace):
+                    pass
         if self.hooks is not None:
             self.hooks(event)
 
@@ -122,6 +132,16 @@ class Runner:
         return self.state.plan
 
     async def run(self) -> RunState:
+        attributes = {"parallax.run_id": self.run_id, "parallax.stream": self.log.stream, "parallax.seq": 0}
+        with telemetry.span("parallax.run", attributes) as current:
+            self._trace = telemetry.current_context()
+            state = await self._run()
+            current.set_attributes(
+                {"parallax.status": state.status, "parallax.plan": state.plan.name if state.plan else None}
+            )
+            return state
+
+    async def _run(self) -> RunState:
         state = await self.log.load()
         if state.plan is None:
             raise PlanError(f"run {self.run_id} has no run.created event on its control stream")
@@ -169,6 +189,16 @@ class Runner:
 
     async def _run_step(self, step_id: str) -> None:
         step = self._steps[step_id]
+        name = f"parallax.merge {step_id}" if step.kind == "merge" else f"parallax.step {step_id}"
+        attributes = {"parallax.run_id": self.run_id, "parallax.step": step_id, "parallax.kind": step.kind,
+                      "parallax.stream": self.log.stream}  # fmt: skip
+        with telemetry.span(name, attributes, parent=self._trace) as current:
+            await self._run_step_body(step, step_id)
+            done = self.state.steps.get(step_id)
+            if done is not None:
+                current.set_attributes({"parallax.status": done.status, "parallax.seq": done.output_seq})
+
+    async def _run_step_body(self, step: Step, step_id: str) -> None:
         try:
             if self._cancelled.is_set():
                 return

@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from parallax import telemetry
 from parallax.core.errors import SeqNumMismatch
 from parallax.core.events import Event, decode_event
 from parallax.core.tasks import (
@@ -75,13 +76,22 @@ class TaskClient:
             event = Event(
                 TASK_CLAIMED, {"task": task, "worker": self.worker, "attempt": attempt, "lease_until": lease_until}
             )
-            try:
-                await self.store.append(self.stream, AppendInput([_record(event)], match_seq_num=self.tail))
-            except SeqNumMismatch:
-                continue  # someone else appended first: fold it and decide again
-            await self.sync()
-            state = self.board.tasks[task]
-            if state.holder == self.worker and state.attempt == attempt:
+            with telemetry.span(
+                "parallax.claim",
+                {"parallax.task": task, "parallax.worker": self.worker, "parallax.stream": self.stream},
+            ) as current:
+                try:
+                    ack = await self.store.append(self.stream, AppendInput([_record(event)], match_seq_num=self.tail))
+                except SeqNumMismatch:
+                    current.set_attribute("parallax.outcome", "lost the race")
+                    continue  # someone else appended first: fold it and decide again
+                await self.sync()
+                state = self.board.tasks[task]
+                won = state.holder == self.worker and state.attempt == attempt
+                current.set_attributes(
+                    {"parallax.seq": ack.start.seq_num, "parallax.outcome": "won" if won else "refused"}
+                )
+            if won:
                 return Claim(task, attempt, lease_until)
 
     async def report(self, kind: str, claim: Claim, **data: Any) -> bool:

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from parallax import telemetry
 from parallax.agents.base import AgentResult, BudgetView
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, SeqNumMismatch, StreamExists, StreamNotFound
@@ -233,7 +234,13 @@ class WorkClient:
                 )
                 for offer in candidates
             ]
-            accepted = await self.append_all(events, conditional=True)
+            with telemetry.span(
+                "parallax.claim",
+                {"parallax.offers": [o.id for o in candidates], "parallax.worker": self.worker,
+                 "parallax.stream": self.stream, "parallax.seq": self.board.tail},
+            ) as current:  # fmt: skip
+                accepted = await self.append_all(events, conditional=True)
+                current.set_attribute("parallax.won", sum(accepted) if accepted else 0)
             if accepted is None:
                 continue  # the tail moved: fold and look again
             won = [self.board.offers[o.id] for o, ok in zip(candidates, accepted, strict=True) if ok]
