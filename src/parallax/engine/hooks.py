@@ -17,8 +17,10 @@ does not wait for, or fail because of, its hooks (it waits for running ones befo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +108,7 @@ class Hooks:
                 stderr=asyncio.subprocess.PIPE,
                 env=env,
                 cwd=self.cwd,
+                start_new_session=True,  # its own process group: a timeout kills what it started too
             )
         except OSError as e:
             outcome.update(error=f"cannot start: {e}")
@@ -115,7 +118,8 @@ class Hooks:
                     _, stderr = await process.communicate(json.dumps(payload, default=str).encode())
                 outcome.update(exit=process.returncode, stderr=stderr.decode(errors="replace")[-2000:])
             except TimeoutError:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
                 outcome.update(error=f"timed out after {self.config.timeout_s:g}s")
         outcome["duration_ms"] = int((time.monotonic() - started) * 1000)
