@@ -76,3 +76,21 @@ async def test_tracing_is_off_without_a_provider(tmp_path: Path) -> None:
     assert telemetry.configure_from_env({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "console"}) is False
     with telemetry.span("nothing") as current:  # the global no-op provider: spans cost nothing
         current.set_attribute("x", 1)
+
+
+def test_tool_calls_and_claims_have_spans(tmp_path: Path, spans: InMemorySpanExporter) -> None:
+    """The coder test's task graph (scripted tool calls in a real worktree), traced."""
+    from tests.agents.test_coder import test_coder_fixes_a_bug_with_tools_confined_to_its_worktree as coder_run
+
+    coder_run(tmp_path)
+    finished = spans.get_finished_spans()
+    tools = [s for s in finished if s.name.startswith("execute_tool ")]
+    assert [s.attributes["gen_ai.tool.name"] for s in tools][:3] == ["list_files", "search", "read_file"]
+    assert all(s.attributes["gen_ai.operation.name"] == "execute_tool" for s in tools)
+    assert all(s.attributes["parallax.stream"] == "runs/t/agents/fix" for s in tools)
+    claims = [s for s in finished if s.name == "parallax.claim" and s.attributes.get("parallax.outcome") == "won"]
+    assert [c.attributes["parallax.task"] for c in claims] == ["fix"]
+    assert claims[0].attributes["parallax.stream"] == "runs/t/control"
+    assert isinstance(claims[0].attributes["parallax.seq"], int)
+    run = next(s for s in finished if s.name == "parallax.run")
+    assert all(s.context.trace_id == run.context.trace_id for s in [*tools, *claims])
