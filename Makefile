@@ -37,6 +37,8 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/streams.py --quick
 	$(BIN)/python bench/fanout.py --quick
+	$(BIN)/python bench/distributed.py --quick
+	$(BIN)/python bench/resume.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
