@@ -4,6 +4,7 @@ process, and `parallax run PATTERN --submit` from another process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,48 @@ def test_detach_needs_submit(nats_server: NatsServer) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert b"--detach needs --submit" in result.stderr
+
+
+def test_workers_claim_tasks_of_a_submitted_task_graph(nats_server: NatsServer, tmp_path: Path) -> None:
+    """Two `parallax worker` processes in the repository serve a submitted task graph: one
+    coordinates (its own task worker included), and tasks are claimed from the other too."""
+    import yaml
+
+    from tests.workspaces.test_parallel_coding import init_repo, sh
+
+    repo = init_repo(tmp_path / "repo", {f"m{i}.txt": "0\n" for i in range(6)})
+    tasks = {
+        f"t{i}": {"writes": [f"m{i}.txt"], "agent": {"kind": "command", "command": f"sleep 1; echo done > m{i}.txt"}}
+        for i in range(6)
+    }
+    (tmp_path / "graph.yaml").write_text(
+        yaml.safe_dump({"pattern": "tasks", "name": "g", "workers": 1, "tasks": tasks})
+    )
+    base = [sys.executable, "-m", "parallax", "--store", nats_server.url]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PARALLAX_")}, "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen(
+            [*base, "worker", "--run", "graph", "--exit-when-idle", "--name", f"w{i}"],
+            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(
+            [*base, "run", str(tmp_path / "graph.yaml"), "--run-id", "graph", "--submit", "--json"],
+            cwd=repo, capture_output=True, timeout=120, check=False, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr.decode()
+        run = json.loads(result.stdout)
+        assert run["status"] == "succeeded"
+        assert {t: v["status"] for t, v in run["tasks"].items()} == {f"t{i}": "merged" for i in range(6)}
+        outputs = [w.communicate(timeout=60)[0].decode() for w in workers]
+        remote = sum(
+            int(line.split(", ")[1].split()[0]) for out in outputs for line in out.splitlines() if "task(s)" in line
+        )
+        assert remote >= 1, outputs  # tasks were claimed through the distributed workers' boards too
+        for i in range(6):
+            assert sh(repo, "git", "show", f"parallax/graph/integration:m{i}.txt") == "done\n"
+    finally:
+        for worker in workers:
+            worker.kill()

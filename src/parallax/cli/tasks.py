@@ -190,7 +190,7 @@ def worker(
             click.echo(f"worker {node.name} serving {', '.join(only_runs) or 'every submitted run'}", err=True)
             stats = await node.run()
             return (
-                f"ran {stats.ran} attempt(s); coordinated {len(stats.coordinated)} run(s); "
+                f"ran {stats.ran} attempt(s), {stats.tasks} task(s); coordinated {len(stats.coordinated)} run(s); "
                 f"fenced off {stats.fenced} time(s); lost {stats.lost} claim(s)"
             )
 

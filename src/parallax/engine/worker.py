@@ -71,12 +71,14 @@ class WorkerOptions:
     parent_env: Mapping[str, str] | None = None
     runs: tuple[str, ...] = ()  # only these runs (default: every submitted run)
     hooks: HooksConfig | None = None  # as coordinator: parallax.toml [hooks]
+    tasks: bool = True  # also claim tasks of task graphs (the working directory is the repository)
     exit_when_idle: bool = False  # stop when the given runs are closed, or when nothing is open after work
 
 
 @dataclass
 class WorkerStats:
     ran: int = 0  # attempts this worker ran to a reported end
+    tasks: int = 0  # tasks of task graphs this worker ran
     lost: int = 0  # attempts cancelled because the claim's lease was lost
     coordinated: list[str] = field(default_factory=list[str])
     fenced: int = 0
@@ -149,12 +151,14 @@ class Worker:
         worker has done something (replaying runs that closed before it started is not work)."""
         if self._runs:
             return False
-        return wanted <= self._closed if wanted else bool(self.stats.ran or self.stats.coordinated)
+        return wanted <= self._closed if wanted else bool(self.stats.ran or self.stats.coordinated or self.stats.tasks)
 
     async def _run_loop(self, run_id: str) -> None:
         client = WorkClient(self.store, run_id, self.name)
         client.watch()
         tasks = [asyncio.create_task(_persist(lambda: self._serve(client), f"serving {run_id}"))]
+        if self.options.tasks:
+            tasks.append(asyncio.create_task(_persist(lambda: self._serve_tasks(run_id), f"tasks of {run_id}")))
         if self.options.coordinate:
             tasks.append(asyncio.create_task(_persist(lambda: self._coordinate(run_id), f"coordinating {run_id}")))
         try:
@@ -276,6 +280,28 @@ class Worker:
             return ev.WORK_FAILED, failure_result(e)
         await agent_log.flush()
         return ev.WORK_DONE, {"output": result.output, "confidence": result.confidence, "usage": result.usage}
+
+    async def _serve_tasks(self, run_id: str) -> None:
+        """Claim tasks of the run's task graph once its tasks step has started (in this
+        worker's working directory, which must be a clone of the repository at the same path)."""
+        from parallax.engine.tasks import TaskRunOptions, run_worker, task_graph_of
+
+        while True:
+            state = await load_run(self.store, run_id)
+            assert state.plan is not None
+            step = next((s for s in state.plan.steps if s.kind == "tasks"), None)
+            if step is None or state.steps[step.id].done:
+                return
+            if state.steps[step.id].status == "running":
+                break
+            await asyncio.sleep(1.0)
+        repo = self.options.workdir or Path.cwd()
+        if not (repo / ".git").exists():
+            log.warning("run %s has a task graph; this worker's directory %s is not its repository", run_id, repo)
+            return
+        spec, _ = await task_graph_of(self.store, run_id)
+        options = TaskRunOptions(repo=repo, parent_env=self.options.parent_env)
+        self.stats.tasks += await run_worker(self.store, run_id, f"{self.name}-tasks", spec, options, state.plan.inputs)
 
     # Coordinating
 
