@@ -181,3 +181,28 @@ async def test_unreachable_server_is_a_clear_error() -> None:
     store.connect_timeout = 0.5
     with pytest.raises(NatsStoreError, match="cannot connect to NATS"):
         await store.append("s", AppendInput(recs("a")))
+
+
+async def test_concurrent_appends_to_one_stream_are_group_committed(nats_server: NatsServer) -> None:
+    """Appends waiting together go out as one atomic batch, each still checked on its own and
+    in order: a conditional append that cannot hold is refused alone."""
+    async with NatsStore(nats_server.url, prefix=_prefix()) as store:
+        await store.create("g")
+        before = store.publishes
+        results = await asyncio.gather(
+            *(store.append("g", AppendInput([AppendRecord(f"u{i}".encode())])) for i in range(400)),
+            return_exceptions=True,
+        )
+        assert all(not isinstance(r, BaseException) for r in results)
+        assert store.publishes - before < 400 / 4, f"{store.publishes - before} publishes for 400 appends"
+        assert [r.body for r in await store.read_all("g")] == [f"u{i}".encode() for i in range(400)]  # in order
+        mixed = await asyncio.gather(
+            store.append("g", AppendInput(recs("a"), match_seq_num=400)),  # holds: the tail is 400
+            store.append("g", AppendInput(recs("b"), match_seq_num=400)),  # cannot: "a" took 400
+            store.append("g", AppendInput(recs("c"))),
+            store.append("g", AppendInput(recs("d"), match_seq_num=402)),  # holds after "c"
+            return_exceptions=True,
+        )
+        assert [type(m).__name__ for m in mixed] == ["AppendAck", "SeqNumMismatch", "AppendAck", "AppendAck"]
+        assert isinstance(mixed[1], SeqNumMismatch) and mixed[1].expected == 401
+        assert [r.body for r in await store.read_all("g", 400)] == [b"a", b"c", b"d"]

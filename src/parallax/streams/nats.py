@@ -33,6 +33,8 @@ from parallax.core.errors import (
 from parallax.streams.base import (
     COMMAND_FENCE,
     COMMAND_TRIM,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECORDS,
     AppendAck,
     AppendInput,
     ReadBatch,
@@ -75,6 +77,7 @@ from parallax.streams.nats_connection import NatsConnection
 _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
 _STREAM_NAME_IN_USE = 10058
+GROUP_FROM_RECORDS = 16  # appends waiting together go out as one batch from this many records
 _META_NAME = "parallax.name"
 _META_CREATED = "parallax.created_at"
 _META_BASE = "parallax.base"  # state of a stream created empty by a fork: next seq, ts, token, trim
@@ -106,7 +109,9 @@ class NatsStore(StreamStore):
         self.create_on_append = create_on_append
         self.timeout = timeout
         self._conn = NatsConnection(self.servers, timeout, connect_timeout, user_credentials)
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._queues: dict[str, list[tuple[AppendInput, asyncio.Future[AppendAck]]]] = {}
+        self._flushers: dict[str, asyncio.Task[None]] = {}
+        self.publishes = 0  # messages or atomic batches published (group commit makes it < appends)
         self._tips: dict[str, StreamState] = {}  # what this client last saw of each stream
         self._blobs = NatsBlobs(self)
 
@@ -232,15 +237,77 @@ class NatsStore(StreamStore):
     async def append(self, stream: str, input: AppendInput) -> AppendAck:
         validate_stream_name(stream)
         validate_append(input)
-        # One append per stream at a time from this client: they would only race each other for
-        # the same position (and JetStream caps atomic batches in flight per stream).
-        lock = self._locks.get(stream)
-        if lock is None:
-            lock = self._locks[stream] = asyncio.Lock()
-        async with lock:
-            return await self._append(stream, input)
+        # Appends to one stream from this client go out in order, and the ones waiting together
+        # go out together: one atomic batch for the group (each checked on its own, in order),
+        # as SQLite's group commit does. Separate appends would only race for the same position.
+        future: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(stream, []).append((input, future))
+        flusher = self._flushers.get(stream)
+        if flusher is None or flusher.done():
+            self._flushers[stream] = asyncio.create_task(self._flush(stream), name=f"nats-append:{stream}")
+        return await future
 
-    async def _append(self, stream: str, input: AppendInput) -> AppendAck:
+    async def _flush(self, stream: str) -> None:
+        queue = self._queues[stream]
+        while queue:
+            group: list[tuple[AppendInput, asyncio.Future[AppendAck]]] = []
+            records = size = 0
+            for input, future in queue:
+                metered = sum(r.metered_bytes for r in input.records)
+                if group and (records + len(input.records) > MAX_BATCH_RECORDS or size + metered > MAX_BATCH_BYTES):
+                    break
+                group.append((input, future))
+                records += len(input.records)
+                size += metered
+            del queue[: len(group)]
+            live = [(input, future) for input, future in group if not future.done()]
+            # An atomic batch of several messages costs the server ~5 ms to commit (measured,
+            # nats-server 2.15) against ~0.4 ms for one message: group only when enough appends
+            # wait to pay for it, else send them one after another.
+            if sum(len(input.records) for input, _ in live) >= GROUP_FROM_RECORDS:
+                groups = [live]
+            else:
+                groups = [[one] for one in live]
+            for part in groups:
+                await self._settle(stream, part)
+
+    async def _settle(self, stream: str, part: list[tuple[AppendInput, asyncio.Future[AppendAck]]]) -> None:
+        try:
+            results = await self._append_group(stream, [input for input, _ in part])
+        except Exception as e:
+            for _, future in part:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        for (_, future), result in zip(part, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    @staticmethod
+    def _decide(
+        stream: str, state: StreamState, inputs: list[AppendInput]
+    ) -> tuple[list[tuple[int, int] | StreamError], list[Record], StreamState]:
+        """Each input checked in order against the state the ones before it leave: (first record
+        index, count) for an accepted one, the error for a refused one."""
+        outcomes: list[tuple[int, int] | StreamError] = []
+        records: list[Record] = []
+        running = state
+        for input in inputs:
+            try:
+                applied = apply_append(stream, running, input, now_ms())
+            except StreamError as e:
+                outcomes.append(e)
+                continue
+            outcomes.append((len(records), len(applied.records)))
+            records.extend(applied.records)
+            running = applied.state
+        return outcomes, records, running
+
+    async def _append_group(self, stream: str, inputs: list[AppendInput]) -> list[AppendAck | StreamError]:
         append_id = secrets.token_bytes(16)
         maybe_landed = False
         fresh = False
@@ -249,37 +316,25 @@ class NatsStore(StreamStore):
             if cached is None or fresh:
                 try:
                     state = await self._fetch_state(stream)
-                except StreamNotFound:
+                except StreamNotFound as missing:
                     if not self.create_on_append:
-                        raise
-                    apply_append(stream, StreamState(), input, now_ms())  # a refused append creates nothing
+                        return [missing] * len(inputs)
+                    outcomes, records, _ = self._decide(stream, StreamState(), inputs)
+                    if not records:  # every append refused: a refused append creates nothing
+                        return [o for o in outcomes if isinstance(o, StreamError)]
                     with contextlib.suppress(StreamExists):
                         await self._add_stream(stream)
                     fresh = True
                     continue
             else:
                 state = cached
-            try:
-                applied = apply_append(stream, state, input, now_ms())
-            except StreamError:
-                if not fresh:  # a cached state may be stale: decide on the server's
-                    fresh = True
-                    continue
-                raise
-            payloads = []
-            token = state.fencing_token
-            trim = state.trim_point
-            for record in applied.records:
-                before = token
-                command = record.command
-                if command == COMMAND_FENCE:
-                    token = record.body.decode()
-                elif command == COMMAND_TRIM:
-                    trim = max(trim, struct.unpack(">Q", record.body)[0])
-                trim_after = min(trim, record.seq_num + 1)
-                payloads.append(
-                    encode_frame(record.timestamp, trim_after, append_id, before, token, record.headers, record.body)
-                )
+            outcomes, records, after = self._decide(stream, state, inputs)
+            if not fresh and any(isinstance(o, StreamError) for o in outcomes):
+                fresh = True  # a cached state may be stale: refuse only on the server's
+                continue
+            if not records:
+                return [o for o in outcomes if isinstance(o, StreamError)]
+            payloads = self._frames(records, state, append_id)
             try:
                 error = await self._publish(stream, payloads, state.next_seq)
             except NatsStoreError:
@@ -289,28 +344,32 @@ class NatsStore(StreamStore):
                 fresh = True
                 await asyncio.sleep(0.1)
                 continue
-            if error is None:
-                self._tips[stream] = applied.state
-                if applied.state.trim_point > state.trim_point:
-                    await self._purge(stream, applied.state)
-                first, last = applied.records[0], applied.records[-1]
-                return AppendAck(
-                    StreamPosition(first.seq_num, first.timestamp),
-                    StreamPosition(last.seq_num + 1, last.timestamp),
-                    StreamPosition(applied.state.next_seq, applied.state.last_timestamp),
-                )
+            if error is None or (
+                error.get("err_code") == _WRONG_LAST_SEQUENCE
+                and maybe_landed
+                and await self._landed(stream, state.next_seq, append_id, len(payloads))
+            ):
+                self._tips[stream] = after
+                if after.trim_point > state.trim_point:
+                    await self._purge(stream, after)
+                tail = StreamPosition(after.next_seq, after.last_timestamp)
+                acks: list[AppendAck | StreamError] = []
+                for outcome in outcomes:
+                    if isinstance(outcome, StreamError):
+                        acks.append(outcome)
+                        continue
+                    first, last = records[outcome[0]], records[outcome[0] + outcome[1] - 1]
+                    start = StreamPosition(first.seq_num, first.timestamp)
+                    acks.append(AppendAck(start, StreamPosition(last.seq_num + 1, last.timestamp), tail))
+                return acks
             code = error.get("err_code")
             if code == _WRONG_LAST_SEQUENCE:
-                if maybe_landed:
-                    landed = await self._landed(stream, state.next_seq, append_id, len(payloads))
-                    if landed is not None:
-                        return landed
                 fresh = True
                 continue
             if code == _STREAM_NOT_FOUND or error.get("code") == 404:
                 self._tips.pop(stream, None)
                 if not self.create_on_append:
-                    raise StreamNotFound(stream)
+                    return [StreamNotFound(stream)] * len(inputs)
                 fresh = True
                 continue
             if "inflight" in str(error.get("description")):  # other clients' batches: back off, retry
@@ -318,6 +377,26 @@ class NatsStore(StreamStore):
                 fresh = True
                 continue
             raise NatsStoreError(f"append to {stream!r} refused by NATS: {error.get('description')}")
+
+    @staticmethod
+    def _frames(records: list[Record], state: StreamState, append_id: bytes) -> list[bytes]:
+        """Each record's payload: its frame carries the token before and after it and the trim
+        point after it, so the newest message is always the stream's state."""
+        payloads = []
+        token = state.fencing_token
+        trim = state.trim_point
+        for record in records:
+            before = token
+            command = record.command
+            if command == COMMAND_FENCE:
+                token = record.body.decode()
+            elif command == COMMAND_TRIM:
+                trim = max(trim, struct.unpack(">Q", record.body)[0])
+            trim_after = min(trim, record.seq_num + 1)
+            payloads.append(
+                encode_frame(record.timestamp, trim_after, append_id, before, token, record.headers, record.body)
+            )
+        return payloads
 
     async def _publish(self, stream: str, payloads: list[bytes], expected_last: int) -> dict[str, Any] | None:
         """Publish one message, or an atomic batch; None on success, else the server's error."""
@@ -329,6 +408,7 @@ class NatsStore(StreamStore):
                 f"({nc.max_payload}); Parallax records go up to 1 MiB: set max_payload: 2MB in nats-server.conf"
             )
         expect = {"Nats-Expected-Last-Sequence": str(expected_last)}
+        self.publishes += 1
         if len(payloads) == 1:
             reply = await nc.request(subject, payloads[0], timeout=self.timeout, headers=expect)
         else:
@@ -354,18 +434,10 @@ class NatsStore(StreamStore):
             )
         return _error_of(reply.data)
 
-    async def _landed(self, stream: str, start: int, append_id: bytes, count: int) -> AppendAck | None:
-        """After a lost acknowledgement: the ack of our append if it is the one at `start`."""
+    async def _landed(self, stream: str, start: int, append_id: bytes, count: int) -> bool:
+        """After a lost acknowledgement: whether the `count` records at `start` are ours."""
         records = await self._direct_batch(stream, start, count, None)
-        if len(records) != count or any(frame.append_id != append_id for _, frame in records):
-            return None
-        state = await self._fetch_state(stream)
-        first, last = records[0], records[-1]
-        return AppendAck(
-            StreamPosition(first[0], first[1].timestamp),
-            StreamPosition(last[0] + 1, last[1].timestamp),
-            StreamPosition(state.next_seq, state.last_timestamp),
-        )
+        return len(records) == count and all(frame.append_id == append_id for _, frame in records)
 
     async def _purge(self, stream: str, state: StreamState) -> None:
         """Drop trimmed messages, keeping the newest (it carries the state). Best effort: readers
