@@ -18,21 +18,17 @@ import builtins
 import contextlib
 import json
 import secrets
-import struct
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from parallax.core.errors import (
-    ReadUnwritten,
     StoreURLError,
     StreamError,
     StreamExists,
     StreamNotFound,
 )
 from parallax.streams.base import (
-    COMMAND_FENCE,
-    COMMAND_TRIM,
     MAX_BATCH_BYTES,
     MAX_BATCH_RECORDS,
     AppendAck,
@@ -50,7 +46,7 @@ from parallax.streams.base import (
 )
 from parallax.streams.kv import KeyValue
 from parallax.streams.semantics import (
-    apply_append,
+    decide_group,
     now_ms,
     resolve_limit,
     resolve_seq_start,
@@ -71,7 +67,15 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from parallax.streams.nats_buckets import NO_PEERS as _NO_PEERS
 from parallax.streams.nats_buckets import NatsBlobs, NatsKeyValue
-from parallax.streams.nats_codec import Frame, NatsStoreError, decode_frame, encode_frame, parse_nats_url, stream_hash
+from parallax.streams.nats_codec import (
+    Frame,
+    NatsStoreError,
+    decode_frame,
+    encode_frame,
+    frames_for,
+    parse_nats_url,
+    stream_hash,
+)
 from parallax.streams.nats_connection import NatsConnection
 
 _WRONG_LAST_SEQUENCE = 10071
@@ -287,26 +291,6 @@ class NatsStore(StreamStore):
             else:
                 future.set_result(result)
 
-    @staticmethod
-    def _decide(
-        stream: str, state: StreamState, inputs: list[AppendInput]
-    ) -> tuple[list[tuple[int, int] | StreamError], list[Record], StreamState]:
-        """Each input checked in order against the state the ones before it leave: (first record
-        index, count) for an accepted one, the error for a refused one."""
-        outcomes: list[tuple[int, int] | StreamError] = []
-        records: list[Record] = []
-        running = state
-        for input in inputs:
-            try:
-                applied = apply_append(stream, running, input, now_ms())
-            except StreamError as e:
-                outcomes.append(e)
-                continue
-            outcomes.append((len(records), len(applied.records)))
-            records.extend(applied.records)
-            running = applied.state
-        return outcomes, records, running
-
     async def _append_group(self, stream: str, inputs: list[AppendInput]) -> list[AppendAck | StreamError]:
         append_id = secrets.token_bytes(16)
         maybe_landed = False
@@ -319,7 +303,7 @@ class NatsStore(StreamStore):
                 except StreamNotFound as missing:
                     if not self.create_on_append:
                         return [missing] * len(inputs)
-                    outcomes, records, _ = self._decide(stream, StreamState(), inputs)
+                    outcomes, records, _ = decide_group(stream, StreamState(), inputs)
                     if not records:  # every append refused: a refused append creates nothing
                         return [o for o in outcomes if isinstance(o, StreamError)]
                     with contextlib.suppress(StreamExists):
@@ -328,13 +312,13 @@ class NatsStore(StreamStore):
                     continue
             else:
                 state = cached
-            outcomes, records, after = self._decide(stream, state, inputs)
+            outcomes, records, after = decide_group(stream, state, inputs)
             if not fresh and any(isinstance(o, StreamError) for o in outcomes):
                 fresh = True  # a cached state may be stale: refuse only on the server's
                 continue
             if not records:
                 return [o for o in outcomes if isinstance(o, StreamError)]
-            payloads = self._frames(records, state, append_id)
+            payloads = frames_for(records, state, append_id)
             try:
                 error = await self._publish(stream, payloads, state.next_seq)
             except NatsStoreError:
@@ -377,26 +361,6 @@ class NatsStore(StreamStore):
                 fresh = True
                 continue
             raise NatsStoreError(f"append to {stream!r} refused by NATS: {error.get('description')}")
-
-    @staticmethod
-    def _frames(records: list[Record], state: StreamState, append_id: bytes) -> list[bytes]:
-        """Each record's payload: its frame carries the token before and after it and the trim
-        point after it, so the newest message is always the stream's state."""
-        payloads = []
-        token = state.fencing_token
-        trim = state.trim_point
-        for record in records:
-            before = token
-            command = record.command
-            if command == COMMAND_FENCE:
-                token = record.body.decode()
-            elif command == COMMAND_TRIM:
-                trim = max(trim, struct.unpack(">Q", record.body)[0])
-            trim_after = min(trim, record.seq_num + 1)
-            payloads.append(
-                encode_frame(record.timestamp, trim_after, append_id, before, token, record.headers, record.body)
-            )
-        return payloads
 
     async def _publish(self, stream: str, payloads: list[bytes], expected_last: int) -> dict[str, Any] | None:
         """Publish one message, or an atomic batch; None on success, else the server's error."""
@@ -583,58 +547,9 @@ class NatsStore(StreamStore):
         return found[:limit]
 
     async def fork(self, src: str, dst: str, at_seq: int) -> StreamInfo:
-        validate_stream_name(src)
-        validate_stream_name(dst)
-        state = await self._fetch_state(src)
-        try:
-            await self._info(dst)
-        except StreamNotFound:
-            pass
-        else:
-            raise StreamExists(dst)
-        if at_seq < 0 or at_seq > state.next_seq:
-            raise ReadUnwritten(state.next_seq, stream=src, start=at_seq)
-        start = min(state.trim_point, at_seq)
-        frames: builtins.list[tuple[int, Frame]] = []
-        position = start
-        while position < at_seq:
-            batch = await self._direct_batch(src, position, min(1000, at_seq - position), None)
-            if not batch:
-                break
-            frames.extend((seq, f) for seq, f in batch if seq < at_seq)
-            position = batch[-1][0] + 1
-        if frames:
-            last = frames[-1][1]
-            base = StreamState(at_seq, last.timestamp, last.token_after, min(state.trim_point, at_seq))
-        else:
-            # Nothing readable below at_seq: the state there is the stream's own (at the tail), or
-            # the token the first kept record started from (a fork inside a trimmed prefix).
-            after = await self._direct_batch(src, at_seq, 1, None) if at_seq < state.next_seq else []
-            token = after[0][1].token_before if after else state.fencing_token
-            ts = state.last_timestamp if at_seq == state.next_seq else 0
-            base = StreamState(at_seq, ts, token, min(state.trim_point, at_seq))
-        first = frames[0][0] if frames else at_seq
-        info = await self._add_stream(dst, first_seq=first, base=base)
-        expected = first
-        for index in range(0, len(frames), 1000):
-            chunk = frames[index : index + 1000]
-            payloads = [
-                encode_frame(
-                    f.timestamp,
-                    base.trim_point if seq == at_seq - 1 else min(f.trim_after, base.trim_point),
-                    f.append_id,
-                    f.token_before,
-                    f.token_after,
-                    f.headers,
-                    f.body,
-                )
-                for seq, f in chunk
-            ]
-            error = await self._publish(dst, payloads, expected)
-            if error is not None:
-                raise NatsStoreError(f"copying {src!r} into {dst!r}: {error.get('description')}")
-            expected += len(chunk)
-        return info
+        from parallax.streams.nats_fork import fork_stream
+
+        return await fork_stream(self, src, dst, at_seq)
 
 
 def _error_of(data: bytes) -> dict[str, Any] | None:

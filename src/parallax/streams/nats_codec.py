@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from parallax.core.errors import StoreURLError, StreamError
+from parallax.streams.base import COMMAND_FENCE, COMMAND_TRIM, Record, StreamState
 
 _VERSION = 1
 _FRAME = struct.Struct(">BQQ16sB")  # version, timestamp, trim point after, append id, len(token before)
@@ -148,3 +149,23 @@ def parse_nats_url(url: str) -> NatsOptions:
             "known: replicas, storage, prefix, create_on_append, creds"
         )
     return NatsOptions(servers, prefix, replicas, storage, create, credentials)
+
+
+def frames_for(records: Sequence[Record], state: StreamState, append_id: bytes) -> list[bytes]:
+    """Each record's payload: its frame carries the token before and after it and the trim
+    point after it, so the newest message is always the stream's state."""
+    payloads = []
+    token = state.fencing_token
+    trim = state.trim_point
+    for record in records:
+        before = token
+        command = record.command
+        if command == COMMAND_FENCE:
+            token = record.body.decode()
+        elif command == COMMAND_TRIM:
+            trim = max(trim, struct.unpack(">Q", record.body)[0])
+        trim_after = min(trim, record.seq_num + 1)
+        payloads.append(
+            encode_frame(record.timestamp, trim_after, append_id, before, token, record.headers, record.body)
+        )
+    return payloads

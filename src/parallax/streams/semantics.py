@@ -19,6 +19,7 @@ from parallax.core.errors import (
     InvalidStreamName,
     ReadUnwritten,
     SeqNumMismatch,
+    StreamError,
 )
 from parallax.streams.base import (
     COMMAND_FENCE,
@@ -193,3 +194,24 @@ def take_within_bytes(records: list[Record], max_bytes: int) -> list[Record]:
         if total > max_bytes and index > 0:
             return records[:index]
     return records
+
+
+def decide_group(
+    stream: str, state: StreamState, inputs: list[AppendInput]
+) -> tuple[list[tuple[int, int] | StreamError], list[Record], StreamState]:
+    """Several appends checked in order, each against the state the ones before it leave (group
+    commit): for each, (index of its first record, count) if accepted, or the error that refused
+    it; then all accepted records, and the state after them."""
+    outcomes: list[tuple[int, int] | StreamError] = []
+    records: list[Record] = []
+    running = state
+    for input in inputs:
+        try:
+            applied = apply_append(stream, running, input, now_ms())
+        except StreamError as e:
+            outcomes.append(e)
+            continue
+        outcomes.append((len(records), len(applied.records)))
+        records.extend(applied.records)
+        running = applied.state
+    return outcomes, records, running
