@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,25 +14,9 @@ from parallax.engine import api
 from parallax.engine.control import control_stream
 from parallax.streams import AppendInput, AppendRecord, StreamStore
 from parallax.streams.memory import MemoryStore
-from parallax.streams.nats import NatsStore
-from parallax.streams.nats_server import NatsServer
-from parallax.streams.sqlite import SqliteStore
-from tests.nats_fixtures import nats_server
+from tests.nats_fixtures import every_store, nats_server
 
-__all__ = ["nats_server"]
-
-
-@pytest.fixture(params=["memory", "sqlite", "nats"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        async with SqliteStore(tmp_path / "b.db") as sqlite:
-            yield sqlite
-    else:
-        server: NatsServer = request.getfixturevalue("nats_server")
-        async with NatsStore(server.url, prefix=f"B{secrets.token_hex(4)}") as nats:
-            yield nats
+__all__ = ["every_store", "nats_server"]
 
 
 async def test_blobs_round_trip_by_content(store: StreamStore) -> None:

@@ -4,8 +4,6 @@ JetStream KV (a real nats-server)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,24 +13,10 @@ from parallax.streams.kv import KeyExists, RevisionMismatch
 from parallax.streams.memory import MemoryStore
 from parallax.streams.nats import NatsStore
 from parallax.streams.nats_codec import decode_key, encode_key
-from parallax.streams.nats_server import NatsServer
 from parallax.streams.sqlite import SqliteStore
-from tests.nats_fixtures import nats_server
+from tests.nats_fixtures import every_store, nats_server
 
-__all__ = ["nats_server"]
-
-
-@pytest.fixture(params=["memory", "sqlite", "nats"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamStore]:
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        async with SqliteStore(tmp_path / "kv.db") as sqlite:
-            yield sqlite
-    else:
-        server: NatsServer = request.getfixturevalue("nats_server")
-        async with NatsStore(server.url, prefix=f"K{secrets.token_hex(4)}") as nats:
-            yield nats
+__all__ = ["every_store", "nats_server"]
 
 
 async def test_create_update_compare_and_swap(store: StreamStore) -> None:

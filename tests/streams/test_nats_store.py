@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 
 from parallax.core.errors import SeqNumMismatch, StoreURLError
 from parallax.streams import AppendInput, AppendRecord, open_store
-from parallax.streams.memory import MemoryStore
 from parallax.streams.nats import NatsStore, decode_frame, encode_frame
 from parallax.streams.nats_server import NatsServer
 from tests.nats_fixtures import nats_server
 from tests.streams.contract import StreamStoreContract, recs
-from tests.streams.test_properties import apply, interleavings, operations, run_appenders
+from tests.streams.test_properties import assert_same_as_memory, interleavings, operations, run_appenders
 
 __all__ = ["nats_server"]
 
@@ -51,26 +50,8 @@ def test_nats_matches_memory(nats_server: NatsServer, ops: list[tuple[Any, ...]]
     the same outcome on NATS as on the in-memory reference."""
 
     async def main() -> None:
-        memory = MemoryStore()
         async with NatsStore(nats_server.url, prefix=_prefix()) as nats:
-            counters = [0, 0]
-
-            def make(i: int) -> Callable[[], int]:
-                def next_id() -> int:
-                    counters[i] += 1
-                    return counters[i]
-
-                return next_id
-
-            for op in ops:
-                expected = await apply(memory, op, make(0))
-                got = await apply(nats, op, make(1))
-                assert got == expected, f"{op}: nats {got} != memory {expected}"
-            want = [i.name for i in await memory.list()]
-            assert [i.name for i in await nats.list()] == want
-            for name in want:
-                mem = [(r.seq_num, r.body) for r in await memory.read_all(name)]
-                assert [(r.seq_num, r.body) for r in await nats.read_all(name)] == mem
+            await assert_same_as_memory(nats, ops)
 
     asyncio.run(main())
 
@@ -177,8 +158,7 @@ async def test_unreachable_server_is_a_clear_error() -> None:
     from parallax.streams.nats import NatsStoreError
     from parallax.streams.nats_server import free_port
 
-    store = NatsStore(f"nats://127.0.0.1:{free_port()}")
-    store.connect_timeout = 0.5
+    store = NatsStore(f"nats://127.0.0.1:{free_port()}", connect_timeout=0.5)
     with pytest.raises(NatsStoreError, match="cannot connect to NATS"):
         await store.append("s", AppendInput(recs("a")))
 

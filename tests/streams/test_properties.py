@@ -130,31 +130,36 @@ async def apply(store: StreamStore, op: tuple[Any, ...], counter: Callable[[], i
     raise AssertionError(op)
 
 
+async def assert_same_as_memory(candidate: StreamStore, ops: list[tuple[Any, ...]]) -> None:
+    """Apply `ops` to `candidate` and to the in-memory reference: every outcome, the list of
+    streams and every stream's records must be the same."""
+    memory = MemoryStore()
+    counters = [0, 0]
+
+    def make(i: int) -> Callable[[], int]:
+        def next_id() -> int:
+            counters[i] += 1
+            return counters[i]
+
+        return next_id
+
+    for op in ops:
+        expected = await apply(memory, op, make(0))
+        got = await apply(candidate, op, make(1))
+        assert got == expected, f"{op}: {type(candidate).__name__} {got} != memory {expected}"
+    want = [i.name for i in await memory.list()]
+    assert [i.name for i in await candidate.list()] == want
+    for name in want:
+        mem = [(r.seq_num, r.body) for r in await memory.read_all(name)]
+        assert [(r.seq_num, r.body) for r in await candidate.read_all(name)] == mem
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(operations, max_size=25))
 def test_sqlite_matches_memory(ops: list[tuple[Any, ...]]) -> None:
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            memory = MemoryStore()
             async with SqliteStore(Path(tmp) / "d.db") as sqlite:
-                counters = [0, 0]
-
-                def make(i: int) -> Callable[[], int]:
-                    def next_id() -> int:
-                        counters[i] += 1
-                        return counters[i]
-
-                    return next_id
-
-                for op in ops:
-                    expected = await apply(memory, op, make(0))
-                    got = await apply(sqlite, op, make(1))
-                    assert got == expected, f"{op}: sqlite {got} != memory {expected}"
-                for name in ("a", "b", "c"):
-                    want = [i.name for i in await memory.list()]
-                    assert [i.name for i in await sqlite.list()] == want
-                    if name in want:
-                        mem = [(r.seq_num, r.body) for r in await memory.read_all(name)]
-                        assert [(r.seq_num, r.body) for r in await sqlite.read_all(name)] == mem
+                await assert_same_as_memory(sqlite, ops)
 
     asyncio.run(main())
