@@ -1,10 +1,13 @@
 """`parallax serve`: the control plane's HTTP API (FastAPI; OpenAPI at /openapi.json) and the
 live dashboard at /.
 
-Runs execute in the server process. Every endpoint but /health needs a bearer token (the admin
-token, or a run-scoped one for that run's endpoints and streams); SSE endpoints also accept
-`?token=` because browsers' EventSource cannot set headers. Streams tail over Server-Sent
-Events, one event per record with `id: <seq>`, resumable with `Last-Event-ID`.
+Runs execute in the server process. Every endpoint but /health (and the static pages) needs a
+bearer token (the admin token, or a run-scoped one for that run's endpoints and streams); SSE
+endpoints also accept `?token=` because browsers' EventSource cannot set headers. The token is
+checked, and the body capped, before a body is read (parallax.server.guard). Patterns and targets
+are compiled in a worker thread, never on the event loop, so a slow one stalls no other request.
+Streams tail over Server-Sent Events, one event per record with `id: <seq>`, resumable with
+`Last-Event-ID`.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from pydantic import BaseModel, Field
 
 from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
 from parallax.core.events import decode_event
+from parallax.core.plan import Plan
 from parallax.core.state import describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
 from parallax.server.auth import Principal, Tokens
+from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
 from parallax.server.scheduler import Schedule, Scheduler
 from parallax.streams.base import Record, StreamStore
 from parallax.streams.url import open_store
@@ -97,7 +102,29 @@ class ScheduleRequest(BaseModel):
     missed: Literal["skip", "once"] = "skip"
 
 
-def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.5) -> FastAPI:
+async def compile_off_loop(
+    pattern: str | None, target: str | None, file: str, inputs: dict[str, Any],
+    registered: list[dict[str, Any]] | None = None,
+) -> Plan:  # fmt: skip
+    """A YAML pattern (text) or a target (file.yaml, file.py:attr) compiled in a worker thread:
+    parsing, imports and a target's plan function never run on the event loop."""
+    from parallax.patterns.load import load_target
+    from parallax.patterns.yaml_loader import compile_pattern
+
+    if pattern is not None:
+        return await asyncio.to_thread(compile_pattern, pattern, file, inputs, registry=registered)
+    return await asyncio.to_thread(load_target, target or "", inputs)
+
+
+def create_app(
+    store_url: str,
+    admin_token: str,
+    schedule_interval_s: float = 0.5,
+    max_body: int = DEFAULT_MAX_BODY,
+    body_timeout_s: float = 10.0,
+) -> FastAPI:
+    """The app; `max_body` caps request bodies (bytes), `body_timeout_s` the wait between two
+    chunks of one (see parallax.server.guard)."""
     tokens = Tokens(admin_token)
     metrics = Metrics()
     running: dict[str, asyncio.Task[Any]] = {}
@@ -105,13 +132,8 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
     schedulers: dict[str, Scheduler] = {}
 
     async def start_scheduled(schedule: Schedule, run_id: str) -> str:
-        from parallax.patterns.load import load_target
-        from parallax.patterns.yaml_loader import compile_pattern
-
-        if schedule.pattern:
-            plan = compile_pattern(schedule.pattern, f"<schedule {schedule.id}>", schedule.inputs)
-        else:
-            plan = load_target(schedule.target or "", schedule.inputs)
+        pattern = schedule.pattern or None
+        plan = await compile_off_loop(pattern, schedule.target, f"<schedule {schedule.id}>", schedule.inputs)
         with contextlib.suppress(UserError):  # created before a crash: run (resume) it
             await api.create_run(store(), plan, run_id=run_id, source=f"schedule {schedule.id}")
         start(run_id)
@@ -133,17 +155,16 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
             await state["store"].close()
 
     app = FastAPI(title="Parallax control plane", version="1", lifespan=lifespan)
+    app.add_middleware(Guard, tokens=tokens, max_body=max_body, body_timeout_s=body_timeout_s)
 
     def store() -> StreamStore:
         return state["store"]
 
     def principal(request: Request) -> Principal:
+        """The token's principal, as the guard checked it (header, or `?token=` on SSE only)."""
         metrics.requests += 1
-        header = request.headers.get("authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
-        token = token or request.query_params.get("token")
-        who = tokens.check(token)
-        if who is None:
+        who = request.scope.get(PRINCIPAL)
+        if not isinstance(who, Principal):
             raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
         return who
 
@@ -190,16 +211,10 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
 
     @app.post("/runs", status_code=201)
     async def create(body: RunRequest, who: Principal = Depends(admin)) -> dict[str, str]:
-        from parallax.patterns.load import load_target
-        from parallax.patterns.yaml_loader import compile_pattern
-
         if (body.pattern is None) == (body.target is None):
             raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
-        if body.pattern:
-            snapshot = registry.live_snapshot(await registry.load_registry(store()))
-            plan = compile_pattern(body.pattern, "<request>", body.inputs, registry=snapshot)
-        else:
-            plan = load_target(body.target or "", body.inputs)
+        snapshot = registry.live_snapshot(await registry.load_registry(store())) if body.pattern else None
+        plan = await compile_off_loop(body.pattern or None, body.target, "<request>", body.inputs, snapshot)
         run_id = await api.create_run(store(), plan, run_id=body.run_id, source=body.target or "api")
         start(run_id)
         return {"run_id": run_id}
@@ -379,10 +394,8 @@ def create_app(store_url: str, admin_token: str, schedule_interval_s: float = 0.
     async def create_schedule(body: ScheduleRequest, who: Principal = Depends(admin)) -> dict[str, str]:
         if (body.pattern is None) == (body.target is None):
             raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
-        if body.pattern is not None:
-            from parallax.patterns.yaml_loader import compile_pattern
-
-            compile_pattern(body.pattern, f"<schedule {body.id}>", body.inputs)  # refuse a bad pattern now
+        if body.pattern is not None:  # refuse a bad pattern now
+            await compile_off_loop(body.pattern, None, f"<schedule {body.id}>", body.inputs)
         run = {"pattern": body.pattern, "target": body.target, "inputs": body.inputs}
         await schedulers["main"].create(body.id, body.cron, body.missed, **run)
         return {"id": body.id}

@@ -52,7 +52,7 @@ class ParallaxTools:
     async def start_run(
         self, target: str, inputs: dict[str, Any] | None = None, run_id: str | None = None
     ) -> dict[str, Any]:
-        plan = load_target(target, inputs or {})
+        plan = await asyncio.to_thread(load_target, target, inputs or {})  # never on the event loop
         new_id = await api.create_run(self.store, plan, run_id=run_id, source=target)
         self._start(new_id)
         return {"run_id": new_id, "plan": plan.name, "steps": [s.id for s in plan.steps]}
@@ -63,7 +63,7 @@ class ParallaxTools:
         names = perspectives or list(DEFAULT_PERSPECTIVES)
         agents = {name: {"prompt": f"Answer as a {name}. Question: {{{{input.question}}}}"} for name in names}
         text = json.dumps({"pattern": "fanout", "name": "ask", "model": model, "agents": agents})
-        plan = compile_pattern(text, "<ask_agents>", {"question": question})
+        plan = await asyncio.to_thread(compile_pattern, text, "<ask_agents>", {"question": question})
         new_id = await api.create_run(self.store, plan, run_id=run_id, source="mcp:ask_agents")
         self._start(new_id)
         return {"run_id": new_id, "agents": names}
