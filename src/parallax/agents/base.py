@@ -24,6 +24,8 @@ from parallax.core.grants import Grants
 from parallax.core.plan import AgentSpec
 from parallax.streams.base import AppendInput, AppendRecord, Record, StreamStore
 
+EMIT_PIECE = 128 * 1024  # characters per chunk record: 6 bytes per escaped character stays under 1 MiB
+
 
 @dataclass
 class AgentResult:
@@ -140,9 +142,10 @@ class AgentContext:
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
     def emit(self, text: str) -> None:
-        """A chunk of streamed output, appended to this agent's stream."""
-        if text:
-            self._log.write(ev.AGENT_CHUNK, {"text": text})
+        """A chunk of streamed output, appended to this agent's stream (a long one in pieces,
+        so no record passes the store's 1 MiB limit however the text escapes as JSON)."""
+        for start in range(0, len(text), EMIT_PIECE):
+            self._log.write(ev.AGENT_CHUNK, {"text": text[start : start + EMIT_PIECE]})
 
     def log(self, event_type: str, data: Mapping[str, Any]) -> None:
         """Any other record on this agent's stream (`agent.tool_call`, `agent.log`, ...)."""
