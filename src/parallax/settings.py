@@ -6,6 +6,10 @@ project's `parallax.toml` (at the project root); `PARALLAX_*` variables; command
 Every value remembers where it came from (`parallax config show`); errors name the file, line
 and key, or the variable.
 
+A file is read within bounds and refused whole, with one located error, when it is not UTF-8,
+nests arrays or inline tables deeper than `MAX_DEPTH` (the TOML parser recurses), or holds a
+string with a NUL, a number that is not finite, or an integer past 64 bits.
+
     store = "sqlite:.parallax/parallax.db"      # any store URL
     model = "anthropic:claude-sonnet-4-5"       # for llm agents that leave it open
     [budget]  max_tokens = 2_000_000, max_cost_usd = 25.0   (for plans that set none)
@@ -17,6 +21,7 @@ and key, or the variable.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -31,6 +36,8 @@ from parallax.core.errors import UserError
 
 PROJECT_MARKERS = ("parallax.toml", ".parallax", ".git")
 DEFAULT_STORE_RELATIVE = Path(".parallax") / "parallax.db"
+MAX_DEPTH = 64  # nested arrays and inline tables in a parallax.toml
+_INT_MAX = 2**63 - 1
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -59,12 +66,12 @@ class _Section(BaseModel):
 
 
 class BudgetConfig(_Section):
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=_INT_MAX)
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class LimitsConfig(_Section):
-    concurrency: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0, le=_INT_MAX)
 
 
 class PresetConfig(_Section):
@@ -80,7 +87,7 @@ class HooksConfig(_Section):
     on_merge: str | list[str] | None = None
     on_conflict: str | list[str] | None = None
     on_finish: str | list[str] | None = None
-    timeout_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
 
 
 class ConfigFile(_Section):
@@ -148,13 +155,91 @@ def _written(raw: Any, location: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(kept) or location
 
 
+def _too_deep(text: str) -> int | None:
+    """The line where arrays and inline tables first nest deeper than MAX_DEPTH (strings and
+    comments skipped), or None. Checked before parsing, since the parser recurses."""
+    depth, line, i, end = 0, 1, 0, len(text)
+    while i < end:
+        char = text[i]
+        if char == "\n":
+            line += 1
+        elif char == "#":
+            while i + 1 < end and text[i + 1] != "\n":
+                i += 1
+        elif char in "\"'":
+            quote = char * 3 if text.startswith(char * 3, i) else char
+            i += len(quote)
+            while i < end and not text.startswith(quote, i):
+                if text[i] == "\\" and char == '"':
+                    i += 1
+                elif text[i] == "\n":
+                    if len(quote) == 1:
+                        break  # an unterminated string: the parser says so
+                    line += 1
+                i += 1
+            i += len(quote) - 1
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    if isinstance(value, str) and "\x00" in value:
+        return "a NUL character in a string"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT_MAX - 1 <= value <= _INT_MAX:
+        return "an integer out of range (at most 64 bits)"
+    return None
+
+
+def _check_values(raw: dict[str, Any], text: str, path: Path) -> None:
+    """Refuse what no setting may hold, at the key that holds it."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), raw)]
+    while stack:
+        location, value = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if "\x00" in key:
+                    raise UserError(f"{path}: {'.'.join(location) or '(top level)'}: a NUL character in a key")
+            stack.extend(((*location, str(k)), v) for k, v in value.items())
+            continue
+        if isinstance(value, list):
+            stack.extend((location, v) for v in value)
+            continue
+        problem = _value_problem(value)
+        if problem:
+            line = _line_of(text, location)
+            raise UserError(f"{path}:{line or 1}: {'.'.join(location)}: {problem}")
+
+
 def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, str]]:
     """A config file, validated, and where each key it sets was written (`file:line`)."""
-    text = path.read_text()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the configuration: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start]
+        row, column = before.count(b"\n") + 1, e.start - before.rfind(b"\n")
+        raise UserError(f"{path}:{row}:{column}: not UTF-8 (byte {data[e.start]:#04x}); TOML is UTF-8 text") from None
+    deep = _too_deep(text)
+    if deep is not None:
+        raise UserError(f"{path}:{deep}: arrays or inline tables nest deeper than {MAX_DEPTH} levels")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: {e}") from None
+    except RecursionError:  # what the scan above missed
+        raise UserError(f"{path}: arrays or inline tables nest too deeply") from None
+    _check_values(raw, text, path)
     try:
         config = ConfigFile.model_validate(raw)
     except ValidationError as e:
@@ -214,7 +299,11 @@ class Settings:
                     merged[key] = data[key]
             store = data.get("store")
             if isinstance(store, str) and store.startswith("sqlite:") and not store.startswith("sqlite://"):
-                merged["store"] = f"sqlite://{(path.parent / store.removeprefix('sqlite:')).resolve()}"  # file-relative
+                try:
+                    resolved = (path.parent / store.removeprefix("sqlite:")).resolve()  # file-relative
+                except (OSError, RuntimeError) as e:
+                    raise UserError(f"{where.get('store', path)}: store: cannot resolve {store!r}: {e}") from None
+                merged["store"] = f"sqlite://{resolved}"
             for section in ("budget", "limits"):
                 for key, value in data.get(section, {}).items():
                     merged[f"{section}.{key}"] = value
@@ -237,6 +326,8 @@ class Settings:
                     merged[key] = value
             except ValueError:
                 raise UserError(f"{variable}={value!r} is not a number") from None
+            if _value_problem(merged.get(key)):
+                raise UserError(f"{variable}={value!r}: {_value_problem(merged.get(key))}")
             origins[key] = variable
         try:
             hook_config = HooksConfig.model_validate(hooks)

@@ -48,11 +48,14 @@ def test_inline_types_validate_contributions(tmp_path: Path) -> None:
 
 def test_pipeline_orders_agents_and_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (
-        "pattern: pipeline\nname: p\nmodel: test\nagents:\n  draft: {prompt: '${TOPIC}'}\n  edit: {}\n  publish: {}\n"
+        "pattern: pipeline\nname: p\nmodel: test\nenv_expand: [TOPIC]\n"
+        "agents:\n  draft: {prompt: '${TOPIC}'}\n  edit: {}\n  publish: {}\n"
     )
     plan = compile_pattern(text, "p.yaml", environ={"TOPIC": "caching"})
     assert [s.after for s in plan.steps] == [(), ("draft",), ("edit",)]
     assert plan.step("draft").prompt == "caching"
+    with pytest.raises(PlanError, match=r"^p.yaml:5:\d+: agents.draft.prompt: \$\{TOPIC\} is not listed in env_expand"):
+        compile_pattern(text.replace("env_expand: [TOPIC]\n", ""), "p.yaml", environ={"TOPIC": "caching"})
 
 
 @pytest.mark.parametrize("path", MALFORMED, ids=[p.stem for p in MALFORMED])
@@ -66,6 +69,19 @@ def test_malformed_patterns_give_one_located_error(path: Path) -> None:
     result = CliRunner().invoke(cli, ["compile", str(path)])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("error: ")
+
+
+@pytest.mark.parametrize("name", ["GIT_AUTHOR_NAME", "PATH", "PWD", "BASE_URL", "TOPIC"])
+def test_harmless_names_listed_in_env_expand_are_filled(name: str) -> None:
+    text = f"pattern: fanout\nname: p\nmodel: test\nenv_expand: [{name}]\nagents:\n  a: {{prompt: '${{{name}}}'}}\n"
+    assert compile_pattern(text, "p.yaml", environ={name: "plain"}).step("a").prompt == "plain"
+
+
+def test_aliases_within_the_node_budget_still_work() -> None:
+    """The YAML limits (tests/security/test_inputs.py) do not ban anchors: a shared block compiles."""
+    text = "pattern: fanout\nname: shared\nmodel: test\nagents:\n  a: &agent {prompt: hi, timeout_s: 30}\n  b: *agent\n"
+    plan = compile_pattern(text, "shared.yaml")
+    assert plan.step("a").timeout_s == plan.step("b").timeout_s == 30
 
 
 def test_errors_point_at_the_right_line() -> None:

@@ -2,15 +2,20 @@
 
 Exit codes: 0 success; 1 the operation failed (a stream refused, a run failed); 2 the command
 was used wrongly (bad arguments, bad input, bad URL); 130 interrupted.
+
+Numbers from the command line are bounded where they are parsed: integers that name a sequence
+number, a timestamp or a count fit in 63 bits (`MAX_INT`, what every store holds), and floats
+are finite (`FiniteFloat`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -24,6 +29,17 @@ T = TypeVar("T")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+MAX_INT = 2**63 - 1  # SQLite's INTEGER; S2's u64 sequence numbers hold it too
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which compare false with every bound)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number!r} is not a finite number", param, ctx)
+        return float(number)
 
 
 @dataclass
@@ -41,12 +57,14 @@ def exit_code_for(error: ParallaxError) -> int:
     return EXIT_USAGE if isinstance(error, UserError) else EXIT_FAILURE
 
 
-def run_with_store(ctx: click.Context, action: Callable[[StreamStore], Awaitable[T]]) -> T:
-    """Open the store, run `action` on it, close it; turn Parallax errors into one line."""
+def run_with_store(ctx: click.Context, action: Callable[[StreamStore], Awaitable[T]], *, create: bool = True) -> T:
+    """Open the store, run `action` on it, close it; turn Parallax errors into one line.
+    `create=False` for commands that only read or act on what must already be there: a store
+    whose directory does not exist is then an error (exit 2) instead of a new empty one."""
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
 
     async def main() -> T:
-        store = open_store(cli.store_url)
+        store = open_store(cli.store_url, create=create)
         try:
             return await action(store)
         finally:

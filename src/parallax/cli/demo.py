@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 
 from parallax.cli.context import CliContext, run_with_store
-from parallax.cli.runs import execute, print_summary
+from parallax.cli.runs import check_output, execute, print_summary
 from parallax.core.state import RunState
 from parallax.engine import api
 from parallax.engine.runner import RunOptions
@@ -31,6 +31,7 @@ ANSWERS = Path(feature_spec.__file__).with_name("answers.json")
 @click.pass_context
 def demo(ctx: click.Context, brief: str, output: str, offline: bool, quiet: bool) -> None:
     """Five agents write one feature spec in parallel; the merge surfaces their conflicts."""
+    check_output(output)
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
     model, why = cli.settings.default_model()
     console = Console()

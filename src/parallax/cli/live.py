@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from parallax.cli.context import run_with_store
+from parallax.cli.context import MAX_INT, FiniteFloat, run_with_store
 from parallax.core.errors import AgentFailed
 from parallax.core.events import decode_event
 from parallax.core.expand import cohort_stream
@@ -44,7 +44,7 @@ def _submit(ctx: click.Context, action: dict[str, Any], by: str | None, wait: fl
         outcome = await live.wait_applied(store, run_id, seq, wait) if wait > 0 else None
         return seq, outcome
 
-    seq, outcome = run_with_store(ctx, go)
+    seq, outcome = run_with_store(ctx, go, create=False)
     click.echo(f"requested {action['action']} (control seq {seq})")
     if outcome is not None:
         click.echo(f"applied: {outcome}")
@@ -56,7 +56,7 @@ def _submit(ctx: click.Context, action: dict[str, Any], by: str | None, wait: fl
 
 _common = [
     click.option("--by", default=None, help="Who asks (default: $USER)."),
-    click.option("--wait", type=float, default=0.0, help="Wait up to this many seconds for the outcome."),
+    click.option("--wait", type=FiniteFloat(0), default=0.0, help="Wait up to this many seconds for the outcome."),
 ]
 
 
@@ -88,7 +88,7 @@ def topo_stop(ctx: click.Context, by: str | None, wait: float, stream: str) -> N
 @_with_common
 @click.argument("stream")
 @click.argument("into")
-@click.option("--at", type=int, default=None, help="Copy records below this seq (default: all).")
+@click.option("--at", type=click.IntRange(0, MAX_INT), default=None, help="Copy records below this seq (default: all).")
 @click.pass_context
 def topo_fork(ctx: click.Context, by: str | None, wait: float, stream: str, into: str, at: int | None) -> None:
     """Copy a cohort's stream into a new cohort with the same members."""
@@ -186,7 +186,7 @@ def message(ctx: click.Context, run_id: str, target: str, text: str, by: str | N
     async def go(store: StreamStore) -> int:
         return await live.send_message(store, run_id, target, text, f"user:{_who(by)}")
 
-    seq = run_with_store(ctx, go)
+    seq = run_with_store(ctx, go, create=False)
     click.echo(f"sent to {target} (runs/{run_id}/inbox/{target} seq {seq})")
 
 
@@ -196,7 +196,13 @@ def message(ctx: click.Context, run_id: str, target: str, text: str, by: str | N
 @click.option("--as", "name", default=None, help="Your name on the stream (default: $USER).")
 @click.option("--agent", "preset", default=None, help="Attach an external agent (a cli preset) instead of typing.")
 @click.option("--model", default=None, help="The external agent's model.")
-@click.option("--max-turns", type=int, default=10, show_default=True, help="External agent: at most this many replies.")
+@click.option(
+    "--max-turns",
+    type=click.IntRange(1, MAX_INT),
+    default=10,
+    show_default=True,
+    help="External agent: at most this many replies.",
+)
 @click.option("--env", "granted", multiple=True, help="External agent: an environment variable it may see (by name).")
 @click.pass_context
 def join(
@@ -220,7 +226,7 @@ def join(
         else:
             await _human_loop(store, run_id, cohort, f"human:{_who(name)}")
 
-    run_with_store(ctx, go)
+    run_with_store(ctx, go, create=False)
 
 
 async def _run_finished(store: StreamStore, run_id: str) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import click
 
 from parallax import __version__, telemetry
 from parallax.agents.cli import register_presets
-from parallax.cli.context import CliContext, exit_code_for, fail
+from parallax.cli.context import EXIT_USAGE, CliContext, exit_code_for, fail
 from parallax.cli.demo import demo
 from parallax.cli.live import COMMANDS as LIVE_COMMANDS
 from parallax.cli.planner import COMMANDS as PLANNER_COMMANDS
@@ -23,13 +24,36 @@ from parallax.settings import Settings
 
 
 class ParallaxGroup(click.Group):
-    """Turns any Parallax error raised by a subcommand into one line and its exit code."""
+    """Turns any Parallax error raised by a subcommand, and any misuse of the command line, into
+    one line (`error: ...`) and its exit code (2 for misuse). Every argument must be UTF-8:
+    Parallax records what it is given as text (on the log, in plans), so an argument that is
+    not (on Linux, its bytes arrive as lone surrogates) is refused before anything runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for index, arg in enumerate(args, 1):
+            if _NOT_UTF8.search(arg):
+                shown = arg.encode("utf-8", "surrogateescape")
+                fail(f"argument {index} is not valid UTF-8: {shown!r}", EXIT_USAGE)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            fail(_usage_line(e), EXIT_USAGE)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ParallaxError as e:
             fail(str(e), exit_code_for(e))
+        except click.UsageError as e:
+            fail(_usage_line(e), EXIT_USAGE)
+
+
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
+
+
+def _usage_line(error: click.UsageError) -> str:
+    message = " ".join(error.format_message().split())
+    return f"{message} (see: {error.ctx.command_path} -h)" if error.ctx is not None else message
 
 
 @click.group(cls=ParallaxGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -166,7 +166,10 @@ def plan(
     name = re.sub(r"[^a-z0-9]+", "-", goal.lower()).strip("-")[:40] or "plan"
     text = to_pattern(decomposition, goal, name, agent, verify)
     if output:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as e:
+            raise UserError(f"cannot write the pattern to {output}: {e.strerror}") from None
     else:
         click.echo(text)
     report = {**decomposition.report(), "planner": model or "graph", "notes": notes}

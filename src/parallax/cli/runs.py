@@ -23,9 +23,10 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from parallax.cli.context import CliContext, run_with_store
+from parallax.cli.context import MAX_INT, CliContext, fail, run_with_store
 from parallax.cli.lanes import LaneView
 from parallax.core import events as ev
+from parallax.core.errors import PlanError
 from parallax.core.plan import Budget, Plan
 from parallax.core.state import RunState, describe
 from parallax.engine import api
@@ -36,15 +37,31 @@ from parallax.settings import HOOK_EVENTS
 from parallax.streams.base import StreamStore
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
 def parse_inputs(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, Any]:
+    """Plan inputs from --input-file JSON objects, then --input KEY=VALUE pairs. Refused with one
+    line: a file that is not a UTF-8 JSON object, NaN or Infinity, nesting past the pattern
+    limit, integers past 64 bits, NUL or unpaired surrogates in strings."""
+    from parallax.patterns.yaml_loader import check_data
+
     values: dict[str, Any] = {}
     for path in files:
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise click.BadParameter(f"{path}: {e}", param_hint="--input-file") from e
+            data = json.loads(Path(path).read_bytes().decode("utf-8"), parse_constant=_no_constant)
+        except (OSError, ValueError, RecursionError) as e:
+            reason = (
+                e.strerror if isinstance(e, OSError) else "nested too deeply" if isinstance(e, RecursionError) else e
+            )
+            raise click.BadParameter(f"{path}: {reason}", param_hint="--input-file") from None
         if not isinstance(data, dict):
             raise click.BadParameter(f"{path}: expected a JSON object", param_hint="--input-file")
+        try:
+            check_data(data, path)
+        except PlanError as e:
+            raise click.BadParameter(str(e), param_hint="--input-file") from None
         values.update(data)
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -90,9 +107,23 @@ async def execute(store: StreamStore, run_id: str, options: RunOptions, console:
     return state
 
 
+def check_output(output: str | None) -> None:
+    """Refuse an --output that cannot be written, before anything runs."""
+    if output is None:
+        return
+    target = Path(output)
+    if target.is_dir():
+        raise click.BadParameter(f"{output} is a directory", param_hint="--output")
+    if not target.resolve().parent.is_dir():
+        raise click.BadParameter(f"{output}: there is no directory {target.resolve().parent}", param_hint="--output")
+
+
 def finish(console: Console, state: RunState, as_json: bool, output: str | None) -> None:
     if output:
-        Path(output).write_text(json.dumps(state.result, indent=2, ensure_ascii=False) + "\n")
+        try:
+            Path(output).write_text(json.dumps(state.result, indent=2, ensure_ascii=False) + "\n")
+        except OSError as e:
+            fail(f"run {state.run_id} {state.status}, but its result could not be written to {output}: {e.strerror}")
     if as_json:
         click.echo(json.dumps(describe(state), ensure_ascii=False, default=str))
     else:
@@ -136,7 +167,7 @@ def with_default_budget(ctx: click.Context, plan: Plan) -> Plan:
 @click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="A plan input (repeatable).")
 @click.option("--input-file", "input_files", multiple=True, metavar="FILE", help="Inputs from a JSON object.")
 @click.option("--run-id", help="Use this run id instead of a generated one.")
-@click.option("--concurrency", type=click.IntRange(min=1), help="Override the plan's concurrency cap.")
+@click.option("--concurrency", type=click.IntRange(1, MAX_INT), help="Override the plan's concurrency cap.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No live lanes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
@@ -161,6 +192,7 @@ def run(
     """Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."""
     if detach and not submit:
         raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
+    check_output(output)
     plan = with_default_budget(ctx, load_target(target, parse_inputs(inputs, input_files)))
     console = Console(stderr=as_json)
 
@@ -186,7 +218,7 @@ def run(
 
 @click.command()
 @click.argument("run_id")
-@click.option("--concurrency", type=click.IntRange(min=1))
+@click.option("--concurrency", type=click.IntRange(1, MAX_INT))
 @click.option("--no-cache", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -202,6 +234,7 @@ def resume(
     output: str | None,
 ) -> None:
     """Continue a run from its log: steps with recorded output are never run again."""
+    check_output(output)
     console = Console(stderr=as_json)
 
     async def action(store: StreamStore) -> RunState:
@@ -213,12 +246,12 @@ def resume(
             console.print(f"resuming {run_id}: {done}/{len(state.steps)} steps already done")
         return await execute(store, run_id, _options(ctx, concurrency, no_cache), console, quiet or as_json)
 
-    finish(console, run_with_store(ctx, action), as_json, output)
+    finish(console, run_with_store(ctx, action, create=False), as_json, output)
 
 
 @click.command()
 @click.argument("run_id")
-@click.option("--at", "at_seq", type=click.IntRange(min=1), required=True, help="Keep control records below SEQ.")
+@click.option("--at", "at_seq", type=click.IntRange(1, MAX_INT), required=True, help="Keep control records below SEQ.")
 @click.option("--target", help="A plan (file.py:attr) to use from the fork on: a different model or prompt.")
 @click.option("--run-id", "new_id", help="The new run's id.")
 @click.option("--no-run", is_flag=True, help="Only create the fork; start it later with `parallax resume`.")
@@ -247,7 +280,7 @@ def fork(
             return await api.load_run(store, forked)
         return await execute(store, forked, _options(ctx, None, False), console, quiet or as_json)
 
-    state = run_with_store(ctx, action)
+    state = run_with_store(ctx, action, create=False)
     if no_run:
         click.echo(state.run_id)
         return
@@ -256,7 +289,7 @@ def fork(
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, MAX_INT))
 @click.pass_context
 def runs(ctx: click.Context, as_json: bool, limit: int) -> None:
     """List runs, oldest first."""
@@ -264,7 +297,7 @@ def runs(ctx: click.Context, as_json: bool, limit: int) -> None:
     async def action(store: StreamStore) -> list[api.RunSummary]:
         return await api.list_runs(store, limit)
 
-    summaries = run_with_store(ctx, action)
+    summaries = run_with_store(ctx, action, create=False)
     for summary in summaries:
         if as_json:
             click.echo(json.dumps(summary.__dict__))
@@ -282,7 +315,7 @@ def inspect(ctx: click.Context, run_id: str, as_json: bool) -> None:
     async def action(store: StreamStore) -> RunState:
         return await api.load_run(store, run_id)
 
-    state = run_with_store(ctx, action)
+    state = run_with_store(ctx, action, create=False)
     if as_json:
         click.echo(json.dumps(describe(state), ensure_ascii=False, default=str))
         return
@@ -340,7 +373,7 @@ def tail(ctx: click.Context, run_id: str) -> None:
     async def action(store: StreamStore) -> RunState:
         return await LaneView(store, run_id, console).follow()
 
-    state = run_with_store(ctx, action)
+    state = run_with_store(ctx, action, create=False)
     print_summary(console, state)
 
 
@@ -398,7 +431,7 @@ def cancel(ctx: click.Context, run_id: str, reason: str) -> None:
     async def action(store: StreamStore) -> None:
         await api.request_cancel(store, run_id, reason)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
     click.echo(f"cancel requested for {run_id}")
 
 
@@ -416,7 +449,7 @@ def approve(ctx: click.Context, run_id: str, step: str, reject: bool, note: str,
     async def action(store: StreamStore) -> None:
         await api.decide_gate(store, run_id, step, approved=not reject, by=who, note=note)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
     click.echo(f"{'rejected' if reject else 'approved'} {step} of {run_id}")
 
 
@@ -440,7 +473,7 @@ def agent_confidence(ctx: click.Context, name: str, as_json: bool) -> None:
             return []
         return [{"timestamp": r.timestamp, **json.loads(r.body)} for r in records]
 
-    history = run_with_store(ctx, action)
+    history = run_with_store(ctx, action, create=False)
     if as_json:
         for entry in history:
             click.echo(json.dumps(entry))

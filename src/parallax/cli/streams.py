@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from parallax.cli.context import run_with_store
+from parallax.cli.context import MAX_INT, run_with_store
 from parallax.core.errors import InvalidAppend, SeqNumMismatch
 from parallax.streams.base import (
     MAX_BATCH_BYTES,
@@ -118,7 +118,7 @@ def streams() -> None:
 @streams.command("ls")
 @click.argument("prefix", default="")
 @click.option("--start-after", default="", help="List names after this one.")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, MAX_INT))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per stream.")
 @click.pass_context
 def ls(ctx: click.Context, prefix: str, start_after: str, limit: int, as_json: bool) -> None:
@@ -133,12 +133,12 @@ def ls(ctx: click.Context, prefix: str, start_after: str, limit: int, as_json: b
             else:
                 click.echo(info.name)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
 
 
 @streams.command()
 @click.argument("name")
-@click.option("--match-seq", type=click.IntRange(min=0), help="Append only if the tail is exactly N.")
+@click.option("--match-seq", type=click.IntRange(0, MAX_INT), help="Append only if the tail is exactly N.")
 @click.option("--fence", "fencing_token", metavar="TOKEN", help="Append only if the stream is fenced with TOKEN.")
 @click.option("--header", "headers", multiple=True, metavar="K=V", help="A header on every record (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the acknowledgement as JSON.")
@@ -199,10 +199,10 @@ def append(
 
 @streams.command()
 @click.argument("name")
-@click.option("--from", "from_seq", type=click.IntRange(min=0), help="Start at this seq_num.")
-@click.option("--from-time", type=click.IntRange(min=0), metavar="MS", help="Start at this timestamp (ms).")
-@click.option("--tail-offset", type=click.IntRange(min=0), metavar="K", help="Start K records before the tail.")
-@click.option("--limit", type=click.IntRange(min=0), help="Read at most N records (default: up to the tail).")
+@click.option("--from", "from_seq", type=click.IntRange(0, MAX_INT), help="Start at this seq_num.")
+@click.option("--from-time", type=click.IntRange(0, MAX_INT), metavar="MS", help="Start at this timestamp (ms).")
+@click.option("--tail-offset", type=click.IntRange(0, MAX_INT), metavar="K", help="Start K records before the tail.")
+@click.option("--limit", type=click.IntRange(0, MAX_INT), help="Read at most N records (default: up to the tail).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.pass_context
 def read(
@@ -247,13 +247,13 @@ def read(
                 return
             position = SeqNum(next_seq)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
 
 
 @streams.command()
 @click.argument("name")
 @click.option(
-    "--from", "from_seq", type=click.IntRange(min=0), default=0, show_default=True, help="Start at this seq_num."
+    "--from", "from_seq", type=click.IntRange(0, MAX_INT), default=0, show_default=True, help="Start at this seq_num."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 @click.option("--wait", is_flag=True, help="Wait for the stream to be created instead of failing.")
@@ -266,7 +266,7 @@ def tail(ctx: click.Context, name: str, from_seq: int, as_json: bool, wait: bool
             print_record(record, as_json)
             sys.stdout.flush()
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=wait)
 
 
 @streams.command("check-tail")
@@ -283,7 +283,7 @@ def check_tail(ctx: click.Context, name: str, as_json: bool) -> None:
         else:
             click.echo(str(position.seq_num))
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
 
 
 @streams.command()
@@ -303,7 +303,7 @@ def fence(ctx: click.Context, name: str, token: str, current: str | None) -> Non
 
 @streams.command()
 @click.argument("name")
-@click.argument("seq", type=click.IntRange(min=0))
+@click.argument("seq", type=click.IntRange(0, MAX_INT))
 @click.option("--fence", "current", metavar="TOKEN", help="The current token, if the stream is fenced.")
 @click.pass_context
 def trim(ctx: click.Context, name: str, seq: int, current: str | None) -> None:
@@ -320,7 +320,7 @@ def trim(ctx: click.Context, name: str, seq: int, current: str | None) -> None:
 @click.argument("src")
 @click.argument("dst")
 @click.option(
-    "--at", "at_seq", type=click.IntRange(min=0), required=True, help="Keep SRC's records below this seq_num."
+    "--at", "at_seq", type=click.IntRange(0, MAX_INT), required=True, help="Keep SRC's records below this seq_num."
 )
 @click.pass_context
 def fork(ctx: click.Context, src: str, dst: str, at_seq: int) -> None:
@@ -329,7 +329,7 @@ def fork(ctx: click.Context, src: str, dst: str, at_seq: int) -> None:
     async def action(store: StreamStore) -> None:
         await store.fork(src, dst, at_seq)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
     click.echo(f"forked {src!r} at {at_seq} into {dst!r}")
 
 
@@ -358,7 +358,7 @@ def delete(ctx: click.Context, name: str, yes: bool) -> None:
     async def action(store: StreamStore) -> None:
         await store.delete(name)
 
-    run_with_store(ctx, action)
+    run_with_store(ctx, action, create=False)
     click.echo(f"deleted {name!r}")
 
 

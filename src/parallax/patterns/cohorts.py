@@ -172,6 +172,7 @@ def compile_orgchart(c: Compiler) -> list[Step]:
         if low > high:
             raise c.error(("roles", name, "instances"), f"min ({low}) is more than max ({high})")
     escalation = data.get("escalation", {})
+    assigned: dict[str, int] = {}  # role -> the workflow stage that assigns it work
     steps: list[Step] = []
     exits: tuple[str, ...] = ()
     work: tuple[str, ...] = ()
@@ -195,6 +196,13 @@ def compile_orgchart(c: Compiler) -> list[Step]:
         path: tuple[str | int, ...] = ("workflow", i - 1, kind)
         if kind == "assign":
             boss, to = need(spec["from"], (*path, "from")), need(spec["to"], (*path, "to"))
+            if to in assigned:
+                raise c.error(
+                    (*path, "to"),
+                    f"{to!r} is already assigned work at workflow.{assigned[to]}; one assign stage per role "
+                    f"(the tasks of both would be steps {to}.1.t1, {to}.1.t2, ...)",
+                )
+            assigned[to] = i - 1
             low, high = _instances(roles[to])
             prompt = spec.get(
                 "prompt",

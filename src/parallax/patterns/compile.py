@@ -4,6 +4,12 @@ One compiler per pattern; they share the agent-step builder (role defaults, mode
 output types, confidence policies) and raise located errors (`file:line:col: field: what`).
 Patterns that decide at run time (consensus, cascade, map-reduce, review, cohorts, org chart)
 compile their first round statically plus a `control` step holding the templates for the rest.
+
+Step ids never collide, now or later in the run: the names a pattern gives (agents, roles,
+cohorts, approvals) have no `.` (the schema's NAME), while every id a run generates is a name or
+a word the pattern owns followed by `.suffix` (`writer.r2`, `summarize.3`, `team.alice.4`,
+`review.1.check.2`); the words a pattern owns (`RESERVED`) cannot be names in it; and an id
+used twice is refused at its second occurrence.
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ if TYPE_CHECKING:
     from parallax.patterns.yaml_loader import Located, Path_
 
 _AGENT_FIELDS = ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
+# The words each pattern names its own steps after (and what those steps are called).
+RESERVED: dict[str, dict[str, str]] = {
+    "fanout": {"merge": "merge"},
+    "pipeline": {"merge": "merge"},
+    "vote": {"vote": "vote"},
+    "review": {"review": "review.r1, review.r2, ..."},
+    "consensus": {"vote": "vote.r1, vote.r2, ...", "consensus": "consensus.r1, consensus.r2, ..."},
+    "mapreduce": {"split": "split"},
+    "orgchart": {w: f"{w}.1, {w}.2, ..." for w in ("assign", "distribute", "review", "approve", "aggregate")},
+    "tasks": {"tasks": "tasks"},
+}
 _ROLE_DEFAULTS = ("kind", "model", "base_url", "instructions", "preset", "env", "settings", "timeout_s", "retry",
                   "confidence", "output", "ref", "command")  # fmt: skip
 
@@ -49,9 +66,42 @@ class Compiler:
         self.roles: dict[str, dict[str, Any]] = data.get("roles", {})
         self.retry = RetryPolicy(**data["retry"]) if "retry" in data else RetryPolicy()
         self.registry: list[dict[str, Any]] | None = None  # live registered agents, when compiled for a store
+        self.origins: dict[str, list[Path_]] = {}  # step id -> where in the file each step of that id came from
 
     def error(self, path: Path_, message: str) -> PlanError:
         return self.where.error(path, message)
+
+    def check_reserved(self) -> None:
+        """No agent, role or approval may be named after the steps the pattern makes itself."""
+        pattern = self.data["pattern"]
+        words = RESERVED.get(pattern, {})
+        sections = ["agents", "approvals", *(["roles"] if pattern == "orgchart" else [])]
+        for section in sections:
+            for name in self.data.get(section) or {}:
+                if name in words:
+                    raise self.error(
+                        (section, name),
+                        f"{name!r} is reserved in a {pattern} pattern, which names its own steps {words[name]}; "
+                        "choose another name",
+                    )
+
+    def check_unique(self, steps: list[Step]) -> None:
+        """Each step id once; a repeated one is reported where it is written the second time."""
+        seen: set[str] = set()
+        for step in steps:
+            if step.id not in seen:
+                seen.add(step.id)
+                continue
+            paths = sorted(self.origins.get(step.id, []), key=self.where.position)
+            if len(paths) >= 2:
+                first_line = self.where.position(paths[0])[0]
+                raise self.error(paths[-1], f"step id {step.id!r} is used twice (first at line {first_line})")
+            if paths:
+                raise self.error(
+                    paths[0], f"{step.id!r} is also the id of a step the {self.data['pattern']} pattern adds; "
+                    "choose another name",
+                )  # fmt: skip
+            raise self.error((), f"step id {step.id!r} is used twice")
 
     # Agents
 
@@ -92,6 +142,7 @@ class Compiler:
     ) -> Step:
         from parallax.patterns.yaml_loader import relative_to
 
+        self.origins.setdefault(step_id, []).append(path)
         agent = self.with_role(agent, path)
         kind = agent.get("kind", "llm")
         if kind == "breakout":
@@ -110,21 +161,25 @@ class Compiler:
         except ValidationError as e:
             raise self.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
         output = agent.get("output")
-        return Step(
-            id=step_id,
-            kind="agent",
-            agent=spec,
-            after=after,
-            prompt=agent.get("prompt", default_prompt),
-            output=self.output_ref(output, (*path, "output")) if output else default_output,
-            timeout_s=agent.get("timeout_s", self.data.get("timeout_s")),
-            retry=RetryPolicy(**agent["retry"]) if "retry" in agent else self.retry,
-            verify=agent.get("verify"),
-            reads=tuple(agent.get("reads", ())),
-            confidence=ConfidencePolicy(**agent["confidence"]) if "confidence" in agent else None,
-            role=role,
-            **extra,
-        )
+        output_ref = self.output_ref(output, (*path, "output")) if output else default_output
+        try:
+            return Step(
+                id=step_id,
+                kind="agent",
+                agent=spec,
+                after=after,
+                prompt=agent.get("prompt", default_prompt),
+                output=output_ref,
+                timeout_s=agent.get("timeout_s", self.data.get("timeout_s")),
+                retry=RetryPolicy(**agent["retry"]) if "retry" in agent else self.retry,
+                verify=agent.get("verify"),
+                reads=tuple(agent.get("reads", ())),
+                confidence=ConfidencePolicy(**agent["confidence"]) if "confidence" in agent else None,
+                role=role,
+                **extra,
+            )
+        except ValidationError as e:
+            raise self.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
 
     def breakout_step(self, step_id: str, agent: dict[str, Any], path: Path_, after: tuple[str, ...]) -> Step:
         from parallax.patterns.yaml_loader import load_pattern
@@ -151,6 +206,7 @@ class Compiler:
         )
 
     def check_after(self, steps: list[Step], names: list[str]) -> None:
+        self.check_unique(steps)
         known = {s.id for s in steps}
         for step in steps:
             for i, dep in enumerate(step.after):
@@ -165,6 +221,7 @@ class Compiler:
     def approvals(self, steps: list[Step]) -> list[Step]:
         gates = []
         for name, gate in self.data.get("approvals", {}).items():
+            self.origins.setdefault(name, []).append(("approvals", name))
             gates.append(
                 Step(
                     id=name,
@@ -187,17 +244,23 @@ class Compiler:
 
     def plan(self, steps: list[Step]) -> Plan:
         data = self.data
+        self.check_unique(steps)
+        try:
+            budget = Budget(**data.get("budget", {}))
+        except ValidationError as e:
+            raise self.error(("budget", *_written(e)), _messages(e)) from e
         try:
             return Plan(
                 name=data["name"],
                 steps=tuple(steps),
                 inputs=data.get("inputs", {}),
                 concurrency=data.get("concurrency", 64),
-                budget=Budget(**data.get("budget", {})),
+                budget=budget,
                 types=self.types,
             )
         except ValidationError as e:
-            raise self.error((), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
+            where = _written(e)
+            raise self.error(where if where[:1] and where[0] in data else (), _messages(e)) from e
 
     # Patterns
 
@@ -245,7 +308,15 @@ class Compiler:
             if "vote" not in data:
                 raise self.error((), "a vote pattern needs `vote: {field: ..., weighted: ...}`")
             steps.append(
-                Step(id="vote", kind="merge", after=tuple(sinks), merge=MergeSpec(vote=VoteSpec(**data["vote"])))
+                Step(
+                    id="vote",
+                    kind="merge",
+                    after=tuple(sinks),
+                    merge=MergeSpec(
+                        vote=VoteSpec(field=data["vote"]["field"], weighted=data["vote"].get("weighted", False)),
+                        min_contributions=data["vote"].get("min_contributions"),
+                    ),
+                )
             )
         elif "merge" in data or data["pattern"] == "fanout":
             steps.append(self.merge_step(data.get("merge", {}), sinks, names))
@@ -276,7 +347,12 @@ class Compiler:
             id="merge",
             kind="merge",
             after=merge_after,
-            merge=MergeSpec(target=target, rules=tuple(rules), ignore=tuple(merge.get("ignore", ()))),
+            merge=MergeSpec(
+                target=target,
+                rules=tuple(rules),
+                ignore=tuple(merge.get("ignore", ())),
+                min_contributions=merge.get("min_contributions"),
+            ),
         )
 
     def review(self) -> list[Step]:
@@ -331,7 +407,10 @@ class Compiler:
             id="vote.r1",
             kind="merge",
             after=tuple(s.id for s in first),
-            merge=MergeSpec(vote=VoteSpec(field=settings["field"], weighted=settings.get("weighted", False))),
+            merge=MergeSpec(
+                vote=VoteSpec(field=settings["field"], weighted=settings.get("weighted", False)),
+                min_contributions=settings.get("min_contributions"),
+            ),
         )
         control = Step(
             id="consensus.r1",
@@ -408,6 +487,16 @@ def _template(step: Step) -> dict[str, Any]:
     return step.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude={"after"})
 
 
+def _messages(error: ValidationError) -> str:
+    return "; ".join(err["msg"].removeprefix("Value error, ") for err in error.errors())
+
+
+def _written(error: ValidationError) -> tuple[str | int, ...]:
+    """The field a validation error is about, as written in the pattern (the first error's)."""
+    errors = error.errors()
+    return tuple(part for part in errors[0]["loc"] if isinstance(part, str | int)) if errors else ()
+
+
 def compile_tasks(c: Compiler) -> list[Step]:
     """`pattern: tasks`: a task graph of coding tasks, each in its own worktree."""
     from parallax.core.tasks import TaskGraphSpec, TaskSpec
@@ -456,6 +545,7 @@ def compile_document(
 
     compiler = Compiler(data, where, file, types)
     compiler.registry = registry
+    compiler.check_reserved()
     builders: dict[str, Callable[[], list[Step]]] = {
         "fanout": compiler.fanout_like,
         "pipeline": compiler.fanout_like,

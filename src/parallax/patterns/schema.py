@@ -11,7 +11,17 @@ from typing import Any
 from parallax.agents.cli import PRESET_NAMES
 
 FIELD_PATH = r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*|\[\*\])*$"
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+# A name that becomes a step id, or the start of the ids a run generates from it (`writer.r2`,
+# `summarize.3`, `team.alice.4`): no `.`, which separates those suffixes (so a name can never
+# collide with a generated id), and short enough to leave room for them within a step id.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,47}$"
+_NAME: dict[str, Any] = {
+    "pattern": NAME,
+    "description": "a name: letters, digits, _ and -, at most 48; no '.', which the step ids a run "
+    "generates use (writer.r2)",
+}
+# A reference to a step (`after:`) or a role: a name, or a step id the pattern itself makes (`writer.r1`).
+REF = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 TYPE_EXPR = r"^(str|int|float|bool|dict|list\[(str|int|float|bool|dict)\])\??$"
 
 _retry: dict[str, Any] = {
@@ -35,7 +45,7 @@ _agent: dict[str, Any] = {
             "default": "llm",
             "description": "breakout: run another pattern (`pattern:`) as a sub-run on its own streams",
         },
-        "role": {"type": "string", "pattern": NAME, "description": "take defaults from `roles.<name>`"},
+        "role": {"type": "string", "pattern": REF, "description": "take defaults from `roles.<name>`"},
         "select": {
             "type": "object",
             "additionalProperties": False,
@@ -55,14 +65,24 @@ _agent: dict[str, Any] = {
         "base_url": {"type": "string", "format": "uri"},
         "instructions": {"type": "string"},
         "ref": {"type": "string", "pattern": r"^.+:[A-Za-z_][\w.]*$"},
-        "command": {"type": "string", "minLength": 1},
+        "command": {
+            "oneOf": [
+                {"type": "string", "minLength": 1, "description": "A shell command; filled values are quoted once."},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "description": "An argv run without a shell; each word is filled once.",
+                },
+            ]
+        },
         "preset": {"enum": PRESET_NAMES},  # the built-in presets and those parallax.toml adds
         "env": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
         "settings": {"type": "object"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
         "retry": _retry,
         "verify": {"type": "string"},
-        "after": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "after": {"type": "array", "items": {"type": "string", "pattern": REF}},
         "reads": {"type": "array", "items": {"type": "string"}},
         "cache": {"type": "boolean"},
         "confidence": {
@@ -102,7 +122,7 @@ _role: dict[str, Any] = {
                 "output",
             )
         },
-        "reports_to": {"type": "string", "pattern": NAME},
+        "reports_to": {"type": "string", "pattern": REF},
         "instances": {
             "oneOf": [
                 {"type": "integer", "minimum": 1, "maximum": 64},
@@ -125,7 +145,7 @@ _approval: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["after"],
     "properties": {
-        "after": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": NAME}},
+        "after": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": REF}},
         "prompt": {"type": "string"},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
         "on_timeout": {"enum": ["reject", "approve"]},
@@ -188,11 +208,11 @@ _task: dict[str, Any] = {
     "description": "A coding task: runs in its own git worktree; may change only what `writes` covers.",
     "properties": {
         "prompt": {"type": "string"},
-        "after": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "after": {"type": "array", "items": {"type": "string", "pattern": REF}},
         "writes": {**_globs, "minItems": 1},
         "reads": _globs,
         "contracts": _globs,
-        "peers": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "peers": {"type": "array", "items": {"type": "string", "pattern": REF}},
         "verify": {"type": "string"},
         "agent": _agent,
         "network": {"type": "boolean"},
@@ -223,7 +243,12 @@ _merge: dict[str, Any] = {
         "into": {"type": "string", "description": "An inline type name, or module:Class"},
         "rules": {"type": "array", "items": _rule},
         "ignore": {"type": "array", "items": {"type": "string"}},
-        "after": {"type": "array", "items": {"type": "string", "pattern": NAME}},
+        "after": {"type": "array", "items": {"type": "string", "pattern": REF}},
+        "min_contributions": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "inputs that must contribute (default: all; fewer fails the merge)",
+        },
     },
 }
 
@@ -244,7 +269,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
                     "consensus: vote rounds until agreement; cascade: cheapest agent first, escalating; "
                     "mapreduce: one agent per item, then a reduce; cohorts: isolated cohorts and a moderator; "
                     "orgchart: roles reporting to each other, a workflow, escalation up the chain"},
-        "roles": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _role},
+        "roles": {"type": "object", "propertyNames": _NAME, "additionalProperties": _role},
         "tasks": {"type": "object", "minProperties": 1,
                   "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"},
                   "additionalProperties": _task},
@@ -252,7 +277,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
         "lease_s": {"type": "number", "exclusiveMinimum": 0},
         "review_queue": {"type": "boolean", "description": "tasks: finished work waits for `parallax review`"},
         "verify": {"type": "string", "description": "tasks: run on the integration branch after merging"},
-        "approvals": {"type": "object", "propertyNames": {"pattern": NAME}, "additionalProperties": _approval,
+        "approvals": {"type": "object", "propertyNames": _NAME, "additionalProperties": _approval,
                       "description": "approval gates: the run waits for `parallax approve RUN NAME`"},
         "review": {"type": "object", "additionalProperties": False,
                    "properties": {"author": {"type": "string"}, "approve_at": _threshold,
@@ -268,11 +293,11 @@ PATTERN_SCHEMA: dict[str, Any] = {
                                "agent": {"type": "string"}, "reduce": {"type": "string"},
                                "max_items": {"type": "integer", "minimum": 1}}},
         "cohorts": {
-            "type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME},
+            "type": "object", "minProperties": 1, "propertyNames": _NAME,
             "additionalProperties": {
                 "type": "object", "additionalProperties": False, "required": ["agents"],
                 "properties": {"brief": {"type": "string"}, "agents": {
-                    "type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME},
+                    "type": "object", "minProperties": 1, "propertyNames": _NAME,
                     "additionalProperties": _agent}},
             },
         },
@@ -284,7 +309,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
                                                           "settings")},
                 "phases": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "additionalProperties": False, "required": ["name"],
-                    "properties": {"name": {"type": "string", "pattern": NAME}, "prompt": {"type": "string"}}}},
+                    "properties": {"name": {"type": "string", "pattern": REF}, "prompt": {"type": "string"}}}},
                 "rounds_per_phase": {"type": "integer", "minimum": 1, "maximum": 100},
                 "max_rounds": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "cadence": {"type": "integer", "minimum": 1},
@@ -307,12 +332,20 @@ PATTERN_SCHEMA: dict[str, Any] = {
             "properties": {
                 "field": {"type": "string", "pattern": FIELD_PATH},
                 "weighted": {"type": "boolean", "description": "weigh each vote by its confidence"},
+                "min_contributions": {"type": "integer", "minimum": 1,
+                                      "description": "votes needed (default: every agent's; fewer fails the vote)"},
             },
         },
         "name": {"type": "string", "minLength": 1},
         "description": {"type": "string"},
         "model": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+:.+$|^test$"},
         "inputs": {"type": "object"},
+        "env_expand": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "description": "environment variables `${NAME}` may fill in (never secrets: grant those with `env:`)",
+        },
         "concurrency": {"type": "integer", "minimum": 1},
         "timeout_s": {"type": "number", "exclusiveMinimum": 0},
         "retry": _retry,
@@ -342,7 +375,7 @@ PATTERN_SCHEMA: dict[str, Any] = {
         "agents": {
             "type": "object",
             "minProperties": 1,
-            "propertyNames": {"pattern": NAME},
+            "propertyNames": _NAME,
             "additionalProperties": _agent,
         },
         "merge": _merge,

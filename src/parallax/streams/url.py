@@ -8,10 +8,18 @@
     s2://basin                       S2 or s2-lite (extra `s2`), token from S2_ACCESS_TOKEN
 
 Backends are imported lazily, so a backend's dependencies are needed only when it is used.
+
+A sqlite URL that cannot name a store is a StoreURLError (a usage error) before anything is
+written: a path holding NUL, a directory, an existing file that is not SQLite, a file that cannot
+be opened. With `create=False` (commands that only read, or act on runs that must exist) a
+sqlite store whose directory does not exist is refused too (a mistyped path), instead of being
+created empty; in a directory that exists, a missing file is an empty store, as before.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from urllib.parse import parse_qs, urlsplit
 
 from parallax.core.errors import StoreURLError
@@ -25,6 +33,7 @@ SCHEMES = {
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _flag(name: str, value: str, url: str) -> bool:
@@ -36,8 +45,9 @@ def _flag(name: str, value: str, url: str) -> bool:
     raise StoreURLError(f"store URL {url!r}: {name} must be true or false, got {value!r}")
 
 
-def open_store(url: str) -> StreamStore:
-    """The store a URL names. Raises StoreURLError naming the known schemes when it names none."""
+def open_store(url: str, *, create: bool = True) -> StreamStore:
+    """The store a URL names. Raises StoreURLError naming the known schemes when it names none.
+    `create=False`: a sqlite file whose directory does not exist is an error, not a new empty store."""
     scheme, sep, rest = url.partition(":")
     if not sep or not scheme:
         raise StoreURLError(f"store URL {url!r} has no scheme; expected one of: {', '.join(f'{s}:' for s in SCHEMES)}")
@@ -47,7 +57,7 @@ def open_store(url: str) -> StreamStore:
 
         return MemoryStore()
     if scheme == "sqlite":
-        return _open_sqlite(url, rest)
+        return _open_sqlite(url, rest, create)
     if scheme == "nats":
         from parallax.streams.nats import open_nats
 
@@ -60,7 +70,35 @@ def open_store(url: str) -> StreamStore:
     raise StoreURLError(f"unknown store scheme {scheme!r} in {url!r}. Known schemes: {known}")
 
 
-def _open_sqlite(url: str, rest: str) -> StreamStore:
+def _check_sqlite_path(url: str, path: str, create: bool) -> None:
+    """Refuse, before SQLite creates or opens anything, a path that cannot be a store."""
+    if "\x00" in path:
+        raise StoreURLError(f"store URL {url!r}: a path cannot hold a NUL character")
+    try:
+        if os.path.isdir(path):
+            raise StoreURLError(f"store URL {url!r}: {path} is a directory; name a file in it, e.g. {path}/parallax.db")
+        if os.path.exists(path):
+            with open(path, "rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+            if header and header != _SQLITE_HEADER:
+                raise StoreURLError(f"store URL {url!r}: {path} exists and is not a SQLite database")
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            ancestor = parent
+            while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+                ancestor = os.path.dirname(ancestor)
+            if not os.path.isdir(ancestor):
+                raise StoreURLError(f"store URL {url!r}: {ancestor} is a file, not a directory")
+            if not create and not os.path.isdir(parent):
+                raise StoreURLError(
+                    f"store URL {url!r}: no store at {path} (there is no directory {parent}); "
+                    "nothing has been written there yet"
+                )
+    except OSError as e:
+        raise StoreURLError(f"store URL {url!r}: cannot open {path}: {e.strerror}") from None
+
+
+def _open_sqlite(url: str, rest: str, create: bool = True) -> StreamStore:
     from parallax.streams.sqlite import SqliteStore, Synchronous
 
     path_part, _, query = rest.partition("?")
@@ -83,4 +121,9 @@ def _open_sqlite(url: str, rest: str) -> StreamStore:
             f"store URL {url!r}: unknown option(s) {', '.join(sorted(options))}; known: synchronous, create_on_append"
         )
     sync: Synchronous = synchronous  # type: ignore[assignment]
-    return SqliteStore(path, synchronous=sync, create_on_append=create_on_append)
+    _check_sqlite_path(url, path, create)
+    try:
+        return SqliteStore(path, synchronous=sync, create_on_append=create_on_append)
+    except (sqlite3.DatabaseError, OSError) as e:  # a race with the checks above, permissions, a full disk
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise StoreURLError(f"store URL {url!r}: cannot open {path}: {reason}") from None
