@@ -191,14 +191,15 @@ def test_integration_records_git_conflicts_with_both_sides(tmp_path: Path) -> No
     repo = init_repo(tmp_path / "r", {"f.txt": "base\n"})
 
     async def go() -> git.MergeConflict | None:
-        await git.git(repo, "checkout", "-q", "-b", "left")
+        checkout = await git.open_repository(repo)
+        await git.git(checkout, "checkout", "-q", "-b", "left")
         (repo / "f.txt").write_text("left\n")
-        left = await git.commit_all(repo, "left")
-        await git.git(repo, "checkout", "-q", "main")
+        left = await git.commit_all(checkout, "left")
+        await git.git(checkout, "checkout", "-q", "main")
         (repo / "f.txt").write_text("right\n")
-        await git.commit_all(repo, "right")
+        await git.commit_all(checkout, "right")
         assert left is not None
-        return await git.merge(repo, left, "merge left")
+        return await git.merge(checkout, left, "merge left")
 
     conflict = asyncio.run(go())
     assert conflict is not None

@@ -17,7 +17,8 @@ killed at the step's timeout, or at `settings.timeout_s` (default 1800 s): sever
 tools retry a dead network for a long time.
 
 A template (`command`) is any shell command with `{{prompt}}` and `{{input...}}` references,
-filled in shell-quoted; its stdout is the answer.
+filled in one pass and quoted once (or an argv list, run without a shell); its stdout is the
+answer.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parallax.agents.base import Agent, AgentContext, AgentResult
-from parallax.agents.command import parse_output, render_command
+from parallax.agents.command import command_argv, parse_output, template_context
 from parallax.agents.process import run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, PlanError, UserError
@@ -277,8 +278,7 @@ class CliAgent(Agent):
             stdout_is_answer = preset.stdout_is_answer
         else:
             assert spec.command is not None
-            command = render_command(spec.command, {"prompt": prompt, "input": ctx.input})
-            argv = ["/bin/sh", "-c", command]
+            argv = command_argv(spec.command, {**template_context(ctx), "prompt": prompt})
             parser = parse_text
             stdout_is_answer = True
         ctx.log(ev.AGENT_INPUT, {"argv": [shlex.quote(a) for a in argv], "prompt": prompt})
@@ -305,6 +305,8 @@ class CliAgent(Agent):
             )
         except FileNotFoundError as e:
             raise AgentFailed(f"{argv[0]} is not installed or not on PATH ({e})", retryable=False) from e
+        if result.truncated:
+            ctx.log(ev.AGENT_LOG, {"output_truncated": result.dropped})
         if transcript.error is not None:
             raise AgentFailed(f"{argv[0]}: {transcript.error}", retryable=False)
         if result.returncode != 0:

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from parallax.cli.context import run_with_store
+from parallax.cli.context import FiniteFloat, run_with_store
 from parallax.core.errors import UserError
 from parallax.engine.tasks import TaskRunOptions, decide_review, run_worker, task_graph_of
 from parallax.streams.base import StreamStore
@@ -52,7 +52,7 @@ def tasks(ctx: click.Context, run_id: str, as_json: bool) -> None:
             for t in spec.tasks
         ]
 
-    rows = run_with_store(ctx, go)
+    rows = run_with_store(ctx, go, create=False)
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -69,7 +69,7 @@ async def _task_diff(store: StreamStore, run_id: str, task_id: str, repo: Path) 
     state = board.tasks[task_id]
     if not state.commit or not state.base:
         raise UserError(f"task {task_id} has no commit yet ({state.status})")
-    return state, await git.diff(repo, state.base, state.commit)
+    return state, await git.diff(await git.open_repository(repo), state.base, state.commit)
 
 
 @click.command()
@@ -83,7 +83,7 @@ def diff(ctx: click.Context, run_id: str, task: str) -> None:
         _, text = await _task_diff(store, run_id, task, Path.cwd())
         return text
 
-    click.echo(run_with_store(ctx, go), nl=False)
+    click.echo(run_with_store(ctx, go, create=False), nl=False)
 
 
 @click.command()
@@ -119,7 +119,7 @@ def review(
             f"parallax review {run_id} --task {chosen} --approve   |   --reject --note '...'"
         )
 
-    click.echo(run_with_store(ctx, go))
+    click.echo(run_with_store(ctx, go, create=False))
 
 
 async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
@@ -146,7 +146,7 @@ async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
 @click.option(
     "--lease",
     "lease_s",
-    type=click.FloatRange(0.5, 600),
+    type=FiniteFloat(0.5, 600),
     default=10.0,
     show_default=True,
     help="Coordinator lease, seconds: how soon another worker takes over a dead coordinator.",
@@ -154,7 +154,7 @@ async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
 @click.option(
     "--attempt-lease",
     "attempt_lease_s",
-    type=click.FloatRange(0.5, 3600),
+    type=FiniteFloat(0.5, 3600),
     default=15.0,
     show_default=True,
     help="As coordinator: how long a claimed attempt survives its worker going silent.",
@@ -206,7 +206,7 @@ def worker(
         )
         return sum(counts)
 
-    ran = run_with_store(ctx, go)
+    ran = run_with_store(ctx, go, create=False)
     click.echo(f"ran {ran} task(s)")
 
 
@@ -231,7 +231,7 @@ def apply(ctx: click.Context, run_id: str) -> None:
         current = (await git.git(repo, "branch", "--show-current")).out.strip()
         return f"merged {workspaces.integration_branch} into {current}"
 
-    click.echo(run_with_store(ctx, go))
+    click.echo(run_with_store(ctx, go, create=False))
 
 
 COMMANDS = [tasks, diff, review, worker, apply]

@@ -56,7 +56,8 @@ class AgentSpec(_Frozen):
     - llm: `model` (a pydantic-ai model string such as `anthropic:claude-sonnet-4-5`,
       `openai:gpt-5`, or `openai-compatible:<model>` with `base_url`), `instructions`.
     - python: `ref`, an importable `module:attr` or `path/to/file.py:attr` async callable.
-    - command: `command`, a shell command (stdin: the input as JSON; stdout: the output).
+    - command: `command`, a shell command, or an argv list run without a shell (stdin: the
+      input as JSON; stdout: the output).
     - cli: `preset` (claude, codex, gemini, aider, opencode) or `command` as a template.
     """
 
@@ -65,7 +66,7 @@ class AgentSpec(_Frozen):
     base_url: str | None = None
     instructions: str | None = None
     ref: str | None = None
-    command: str | None = None
+    command: str | tuple[Annotated[str, Field(min_length=1)], ...] | None = None
     preset: str | None = None
     env: tuple[str, ...] = ()  # names of parent environment variables granted to the agent
     settings: dict[str, JsonValue] = Field(default_factory=dict)
@@ -77,6 +78,8 @@ class AgentSpec(_Frozen):
         field = required.get(self.kind)
         if field is not None and not getattr(self, field):
             raise ValueError(f"a {self.kind} agent needs `{field}`")
+        if isinstance(self.command, tuple) and not self.command:
+            raise ValueError("`command` as a list needs at least the program")
         if self.kind == "cli" and not (self.preset or self.command):
             raise ValueError("a cli agent needs `preset` or `command`")
         return self
@@ -153,6 +156,13 @@ class MergeSpec(_Frozen):
     rules: tuple[RuleSpec, ...] = ()
     ignore: tuple[str, ...] = ()  # field names or paths that may differ between contributions
     vote: VoteSpec | None = None  # count the inputs' answers instead of assembling sections
+    # How many inputs must contribute for the merge to succeed. None: every one (no gaps). A
+    # merge short of it still records its conflicts (gaps included) but fails, and so does a run
+    # whose result it is: a run whose work failed never reports success.
+    min_contributions: Annotated[int, Field(ge=1)] | None = None
+
+    def needed(self, inputs: int) -> int:
+        return inputs if self.min_contributions is None else min(self.min_contributions, inputs)
 
 
 class GateSpec(_Frozen):

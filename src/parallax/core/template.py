@@ -1,7 +1,9 @@
 """Prompt templates: `{{ input.brief }}`, `{{ steps.backend.output }}`, `{{ steps.backend.output.endpoints }}`.
 
 Pure and strict: a reference to something that does not exist is an error naming it, never
-an empty string. Non-string values are rendered as indented JSON.
+an empty string. Non-string values are rendered as indented JSON. A template is filled in one
+pass: a filled value is never scanned for references again, so model output holding `{{ ... }}`
+stays text.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from parallax.core.errors import TemplateError
 
-_REF = re.compile(r"\{\{\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*)\s*\}\}")
+REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*)\s*\}\}")
 
 
 def lookup(context: Mapping[str, Any], dotted: str) -> Any:
@@ -31,7 +33,7 @@ def lookup(context: Mapping[str, Any], dotted: str) -> Any:
 
 
 def references(template: str) -> list[str]:
-    return [m.group(1) for m in _REF.finditer(template)]
+    return [m.group(1) for m in REFERENCE.finditer(template)]
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
@@ -41,4 +43,4 @@ def render(template: str, context: Mapping[str, Any]) -> str:
             return value
         return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
-    return _REF.sub(replace, template)
+    return REFERENCE.sub(replace, template)

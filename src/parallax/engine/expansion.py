@@ -152,7 +152,7 @@ async def run_tasks_step(runner: Runner, step: Step) -> None:
     )
     # With a review queue, each task was merged when a person approved it (`parallax review`);
     # integrating now only picks up nothing or runs the final verify.
-    result = await integrate(runner.store, runner.run_id, spec, repo, runner.options.parent_env)
+    result = await integrate(runner.store, runner.run_id, spec, options)
     await runner.log.sync()
     board = _board(runner, spec)
     statuses = {t.id: t.status for t in board.tasks.values()}

@@ -37,7 +37,7 @@ async def run_merge(runner: Runner, step: Step) -> None:
         voted = count_votes(
             contributions, confidences, gaps, spec.vote.field, weighted=spec.vote.weighted, step=step.id
         )
-        await record_merge(runner, step, voted.document, voted.conflicts)
+        await record_merge(runner, step, voted.document, voted.conflicts, missing=sorted(gaps))
         return
     target = resolve_model(spec.target, runner.plan, runner.state.plan_hash) if spec.target else None
     rules: dict[str, PythonRule] = {}
@@ -67,12 +67,28 @@ async def run_merge(runner: Runner, step: Step) -> None:
                     step=step.id,
                 )
             )
-    await record_merge(runner, step, document, conflicts)
+    await record_merge(runner, step, document, conflicts, missing=sorted(gaps))
 
 
-async def record_merge(runner: Runner, step: Step, document: Any, conflicts: list[Conflict]) -> None:
+async def record_merge(
+    runner: Runner, step: Step, document: Any, conflicts: list[Conflict], missing: list[str] | None = None
+) -> None:
+    """Record the merge: its conflicts, then its document; or, when fewer inputs contributed
+    than the merge needs (`MergeSpec.min_contributions`, default all), its conflicts and a
+    failure naming the missing inputs."""
     events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
     events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
+    missing = missing or []
+    needed = step.merge.needed(len(step.after)) if step.merge is not None else 0
+    if len(step.after) - len(missing) < needed:
+        allowed = "no missing input" if needed == len(step.after) else f"at least {needed} contribution(s)"
+        error = (
+            f"{len(step.after) - len(missing)} of {len(step.after)} inputs contributed ({', '.join(missing)} did not);"
+            f" this merge needs {allowed} (set min_contributions to allow gaps)"
+        )
+        events.append(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
+        await runner.log.emit(*events)
+        return
     events.append(
         Event(
             ev.STEP_OUTPUT,

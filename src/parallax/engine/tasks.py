@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from parallax.agents import build_agent
 from parallax.agents.base import AgentContext, AgentLog, BudgetView
-from parallax.agents.process import run_process, tail_text
+from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
 from parallax.core.errors import AgentFailed
@@ -88,6 +90,40 @@ async def _run_claimed(
     options: TaskRunOptions,
     inputs: Mapping[str, Any],
 ) -> None:
+    """Hold the claim (heartbeats from the moment it is won: preparing a large worktree may
+    take longer than a lease) while the worktree is prepared and the task runs; report the
+    outcome unless the lease was lost."""
+    holding = asyncio.Event()
+    holding.set()
+    work = asyncio.create_task(_prepare_and_do(client, workspaces, task, claim, index, options, inputs))
+    beat = asyncio.create_task(_keep_lease(client, claim, work, holding))
+    try:
+        outcome = await work
+    except asyncio.CancelledError:
+        if holding.is_set():
+            raise
+        return  # the lease was lost: someone else has the task now
+    finally:
+        beat.cancel()
+        await asyncio.gather(beat, return_exceptions=True)
+    if outcome is None:
+        return
+    kind, data = outcome
+    accepted = await client.report(kind, claim, **data)
+    if accepted and kind == TASK_SUCCEEDED:
+        await _requeue_readers(client, task, tuple(data.get("changed", ())))
+
+
+async def _prepare_and_do(
+    client: TaskClient,
+    workspaces: Workspaces,
+    task: TaskSpec,
+    claim: Claim,
+    index: int,
+    options: TaskRunOptions,
+    inputs: Mapping[str, Any],
+) -> tuple[str, dict[str, Any]] | None:
+    """The task's outcome to report, or None when there is nothing more to report."""
     board = client.board
     deps = [board.tasks[d].commit for d in task.after]
 
@@ -107,27 +143,14 @@ async def _run_claimed(
     try:
         workspace = await workspaces.prepare(task, index, [c for c in deps if c])
     except HandoffConflict as e:
-        await client.report(TASK_FAILED, claim, error=str(e), final=True, files=list(e.conflict.files))
-        return
+        return TASK_FAILED, {"error": str(e), "final": True, "files": list(e.conflict.files)}
+    except (OSError, git.GitError) as e:
+        # Never leave the task claimed: a failed preparation is a failed attempt (retried
+        # within the task's attempts, like any other).
+        return TASK_FAILED, {"error": f"preparing its worktree failed: {e}", "final": False}
     if not await client.report(TASK_STARTED, claim, base=workspace.base, branch=workspace.branch):
-        return
-    holding = asyncio.Event()
-    holding.set()
-    work = asyncio.create_task(_do_task(client, workspaces, workspace, task, claim, options, inputs))
-    beat = asyncio.create_task(_keep_lease(client, claim, work, holding))
-    try:
-        outcome = await work
-    except asyncio.CancelledError:
-        if holding.is_set():
-            raise
-        return  # the lease was lost: someone else has the task now
-    finally:
-        beat.cancel()
-        await asyncio.gather(beat, return_exceptions=True)
-    kind, data = outcome
-    accepted = await client.report(kind, claim, **data)
-    if accepted and kind == TASK_SUCCEEDED:
-        await _requeue_readers(client, task, tuple(data.get("changed", ())))
+        return None
+    return await _do_task(client, workspaces, workspace, task, claim, options, inputs)
 
 
 async def _keep_lease(client: TaskClient, claim: Claim, work: asyncio.Task[Any], holding: asyncio.Event) -> None:
@@ -204,21 +227,33 @@ async def _do_task(
         except AgentFailed as e:
             return TASK_FAILED, {"error": str(e), "final": not e.retryable}
         if task.verify:
+            # The verify runs what the agent wrote: in the task's sandbox, its worktree read-only.
+            verify_argv = ["/bin/sh", "-c", task.verify]
+            if sandbox is not None:
+                verify_argv = dataclasses.replace(sandbox, worktree_writable=False).wrap(verify_argv, env)
             check = await run_process(
-                ctx.command(["/bin/sh", "-c", task.verify]),
+                verify_argv,
                 stdin=None,
                 env=env,
                 cwd=workspace.path,
                 timeout_s=task.timeout_s or 600,
             )
             ctx.log(
-                ev.AGENT_LOG, {"verify_exit": check.returncode, "verify_output": tail_text(check.stdout + check.stderr)}
+                ev.AGENT_LOG,
+                {
+                    "verify_exit": check.returncode,
+                    "verify_output": tail_text(check.stdout + check.stderr),
+                    **check.dropped,
+                },
             )
             if check.returncode != 0:
                 detail = tail_text((check.stdout + check.stderr).strip()) or "(no output)"
                 return TASK_FAILED, {"error": f"verify failed ({check.returncode}): {detail}", "final": False}
         first = (task.prompt.strip().splitlines() or [""])[0][:60]
-        finished = await workspaces.finish(workspace, task, f"parallax {run_id}/{task.id}: {first}".rstrip(": "))
+        try:
+            finished = await workspaces.finish(workspace, task, f"parallax {run_id}/{task.id}: {first}".rstrip(": "))
+        except git.WorktreeTampered as e:
+            return TASK_FAILED, {"error": str(e), "final": True}
         if finished.outside:
             error = f"changed paths outside its write set {list(task.writes)}: {', '.join(finished.outside)}"
             return TASK_FAILED, {"error": error, "final": True, "outside": list(finished.outside)}
@@ -270,15 +305,19 @@ class Integration:
     verify: dict[str, Any] | None
 
 
-async def integrate(
-    store: StreamStore, run_id: str, spec: TaskGraphSpec, repo: Path, parent_env: Mapping[str, str] | None = None
-) -> Integration:
+def graph_sandboxed(spec: TaskGraphSpec, options: TaskRunOptions) -> bool:
+    """Whether any task of the graph ran sandboxed: then whatever checks their work does too."""
+    return options.sandbox or any(t.sandbox for t in spec.tasks)
+
+
+async def integrate(store: StreamStore, run_id: str, spec: TaskGraphSpec, options: TaskRunOptions) -> Integration:
     """Merge every succeeded task's branch into the integration branch in dependency order,
     recording each merge (`task.merged`) and each git conflict with both sides of every file;
-    then run the graph's verify command on the result."""
+    then run the graph's verify command on the result (in the sandbox, the integration worktree
+    read-only, when any task ran sandboxed: the verify runs the agents' code)."""
     client = TaskClient(store, run_id, "integrator", spec)
     await client.sync()
-    workspaces = await Workspaces.open(repo, run_id)
+    workspaces = await Workspaces.open(options.repo, run_id)
     path = await workspaces.integration_worktree()
     merged: list[str] = []
     conflicts: list[Conflict] = []
@@ -309,12 +348,23 @@ async def integrate(
         merged.append(task_id)
     verify = None
     if spec.verify:
-        from parallax.agents.process import agent_environment
-
-        check = await run_process(
-            ["/bin/sh", "-c", spec.verify], stdin=None, env=agent_environment((), parent_env), cwd=path, timeout_s=1800
-        )
-        verify = {"command": spec.verify, "exit": check.returncode, "output": tail_text(check.stdout + check.stderr)}
+        env = agent_environment((), options.parent_env)
+        argv = ["/bin/sh", "-c", spec.verify]
+        if graph_sandboxed(spec, options):
+            scratch = workspaces.root / "verify-home"
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir(parents=True)
+            env.update({"HOME": str(scratch), "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"})
+            network = any(t.network for t in spec.tasks if t.sandbox or options.sandbox)
+            sandbox = Sandbox(path.work_tree, scratch, network, options.sandbox_read_only, worktree_writable=False)
+            argv = sandbox.wrap(argv, env)
+        check = await run_process(argv, stdin=None, env=env, cwd=path.work_tree, timeout_s=1800)
+        verify = {
+            "command": spec.verify,
+            "exit": check.returncode,
+            "output": tail_text(check.stdout + check.stderr),
+            **check.dropped,
+        }
     return Integration(workspaces.integration_branch, await git.head(path), merged, conflicts, verify)
 
 

@@ -126,10 +126,13 @@ def fanout(
     budget: Budget | None = None,
     limits: Limits | None = None,
     merge_step: str = "merge",
+    min_contributions: int | None = None,
     **input_values: JsonValue,
 ) -> Plan:
     """Every agent looks at the same inputs at once; one merge step assembles their typed
-    contributions into one document and surfaces every disagreement as a conflict."""
+    contributions into one document and surfaces every disagreement as a conflict. The merge
+    (and so the run) fails when fewer than `min_contributions` agents contributed (default:
+    every agent must)."""
     steps: list[Step] = []
     for agent_name, draft in agents.items():
         try:
@@ -154,7 +157,9 @@ def fanout(
             id=merge_step,
             kind="merge",
             after=tuple(agents),
-            merge=MergeSpec(target=target, rules=tuple(rules), ignore=tuple(ignore)),
+            merge=MergeSpec(
+                target=target, rules=tuple(rules), ignore=tuple(ignore), min_contributions=min_contributions
+            ),
         )
     )
     return Plan(

@@ -5,19 +5,24 @@
     path/to/file.py         the file's `plan` attribute
     package.module:attr     the same, by import path
 
-A callable is called with the `--input` values its signature accepts (by keyword).
+A callable is called with the `--input` values its signature accepts (by keyword), and only
+once it is known to be a plan builder: a Python function defined in the file or module the
+target names (not one imported there, such as `os.system`), whose return annotation, if it has
+one, is Plan; a target by import path (`package.module:attr`) must be annotated `-> Plan`. So a
+target such as `os:system` or `subprocess:run` is refused before anything is called.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from parallax.agents.refs import resolve_ref
+from parallax.agents.refs import module_name_for, resolve_ref
 from parallax.core.errors import PlanError
 from parallax.core.plan import Plan
 
@@ -43,6 +48,7 @@ def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
             plan = Plan.model_validate(plan.model_dump(mode="json", by_alias=True))
         return plan
     if callable(obj):
+        _check_plan_function(target, ref, obj)
         params = inspect.signature(obj).parameters
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         unknown = [k for k in inputs if k not in params and not takes_all]
@@ -58,3 +64,27 @@ def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
             raise PlanError(f"target {target!r} returned {type(result).__name__}, not a Plan")
         return result
     raise PlanError(f"target {target!r} is a {type(obj).__name__}, not a Plan or a function returning one")
+
+
+def _check_plan_function(target: str, ref: str, obj: Any) -> None:
+    """Refuse, before calling it, anything that is not a plan-building function of the target's own."""
+    module_part = ref.rsplit(":", 1)[0]
+    by_path = module_part.endswith(".py") or "/" in module_part
+    if not inspect.isfunction(obj):
+        raise PlanError(f"target {target!r} is a {type(obj).__name__}, not a Plan or a function returning one")
+    defined_in = getattr(obj, "__module__", None)
+    expected = module_name_for(Path(module_part).resolve()) if by_path else module_part
+    if defined_in != expected:
+        raise PlanError(
+            f"target {target!r} names {obj.__qualname__} from {defined_in}, not a function defined in {module_part}"
+        )
+    try:
+        returns = typing.get_type_hints(obj).get("return", inspect.Signature.empty)
+    except Exception:  # an annotation that does not resolve says nothing we can trust
+        returns = obj.__annotations__.get("return", inspect.Signature.empty)
+    if returns is inspect.Signature.empty:
+        if not by_path:
+            raise PlanError(f"target {target!r}: a function named by import path must be annotated `-> Plan`")
+        return
+    if not (returns is Plan or returns == "Plan" or (isinstance(returns, type) and issubclass(returns, Plan))):
+        raise PlanError(f"target {target!r} is annotated to return {returns!r}, not a Plan")

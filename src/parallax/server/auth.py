@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from parallax.project import ensure_folder
+
 PREFIX = "prx1"
 
 
@@ -36,7 +38,7 @@ class Principal:
 def load_or_create_token(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)  # a .parallax/ folder is made git-ignored (the token is a shell)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:

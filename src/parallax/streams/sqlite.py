@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from parallax.core.errors import ParallaxError, ReadUnwritten, StreamExists, StreamNotFound
+from parallax.project import ensure_folder
 from parallax.streams.base import (
     AppendAck,
     AppendInput,
@@ -278,7 +279,7 @@ class SqliteStore(StreamStore):
         self.synchronous = synchronous
         self.create_on_append = create_on_append
         self.busy_timeout_ms = busy_timeout_ms
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.path.parent)  # a .parallax/ folder is made git-ignored
         setup = self.connect()
         try:
             setup.execute("PRAGMA journal_mode=WAL")

@@ -17,7 +17,6 @@ its write set: a path outside it fails the task with the paths named, and nothin
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from parallax.agents.process import agent_environment
 from parallax.core.tasks import TaskSpec, in_write_set
 from parallax.workspaces import git
-from parallax.workspaces.peering import Snapshot, make_writable, snapshot
+from parallax.workspaces.peering import Snapshot, remove_tree, snapshot
 
 PORTS_PER_TASK = 100
 FIRST_PORT = 20000
@@ -50,13 +49,17 @@ class HandoffConflict(Exception):
 @dataclass
 class Workspace:
     task: str
-    path: Path
+    checkout: git.Checkout  # the worktree and the git dir Parallax made for it (never re-read from it)
     branch: str
     base: str
     home: Path
     tmp: Path
     ports: tuple[int, int]
     peers: dict[str, Snapshot] = field(default_factory=dict[str, Snapshot])
+
+    @property
+    def path(self) -> Path:
+        return self.checkout.work_tree
 
     def environment(self, granted: Sequence[str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
         env = agent_environment(tuple(granted), parent)
@@ -84,7 +87,7 @@ class Finished:
 
 
 class Workspaces:
-    def __init__(self, repo: Path, run_id: str, common_dir: Path) -> None:
+    def __init__(self, repo: git.Checkout, run_id: str, common_dir: Path) -> None:
         self.repo = repo
         self.run_id = run_id
         self.root = common_dir / "parallax" / run_id
@@ -93,10 +96,8 @@ class Workspaces:
 
     @classmethod
     async def open(cls, path: Path, run_id: str) -> Workspaces:
-        repo = await git.repo_root(path)
-        common = (await git.git(repo, "rev-parse", "--git-common-dir")).out.strip()
-        common_dir = Path(common) if Path(common).is_absolute() else (repo / common).resolve()
-        return cls(repo, run_id, common_dir)
+        repo = await git.open_repository(path)
+        return cls(repo, run_id, await git.common_dir(repo))
 
     def branch(self, task: str) -> str:
         return f"parallax/{self.run_id}/{task}"
@@ -116,51 +117,46 @@ class Workspaces:
 
     async def prepare(self, spec: TaskSpec, index: int, dep_commits: Sequence[str]) -> Workspace:
         path = self.worktree(spec.id)
-        if path.exists():
-            make_writable(path)
         base = dep_commits[0] if dep_commits else await self.integration_head()
-        async with _repo_lock(self.repo):  # git's worktree bookkeeping is not safe to run concurrently
-            await git.add_worktree(self.repo, path, self.branch(spec.id), base)
+        async with _repo_lock(self.repo.git_dir):  # git's worktree bookkeeping is not safe to run concurrently
+            checkout = await git.add_worktree(self.repo, path, self.branch(spec.id), base)
         for commit in dep_commits[1:]:
-            conflict = await git.merge(path, commit, f"parallax handoff into {spec.id}")
+            conflict = await git.merge(checkout, commit, f"parallax handoff into {spec.id}")
             if conflict is not None:
                 raise HandoffConflict(spec.id, conflict)
-        base = await git.head(path)
+        base = await git.head(checkout)
         home, tmp = self.root / "home" / spec.id, self.root / "tmp" / spec.id
         for folder in (home, tmp):
-            shutil.rmtree(folder, ignore_errors=True)
+            await asyncio.to_thread(remove_tree, folder)
             folder.mkdir(parents=True)
         first = FIRST_PORT + (index % 400) * PORTS_PER_TASK
-        workspace = Workspace(spec.id, path, self.branch(spec.id), base, home, tmp, (first, first + PORTS_PER_TASK))
+        workspace = Workspace(spec.id, checkout, self.branch(spec.id), base, home, tmp, (first, first + PORTS_PER_TASK))
+        shared = path / git.PRIVATE
+        if shared.is_symlink() or (shared.exists() and not shared.is_dir()):
+            await asyncio.to_thread(remove_tree, shared)  # snapshots go into a real folder, never through a link
         for peer in spec.peers:
             source = self.worktree(peer)
             if source.exists():
-                workspace.peers[peer] = snapshot(source, path / git.PRIVATE / peer)
+                workspace.peers[peer] = await asyncio.to_thread(snapshot, source, path / git.PRIVATE / peer)
         return workspace
 
     async def finish(self, workspace: Workspace, spec: TaskSpec, message: str) -> Finished:
-        changed = tuple(await git.changed_paths(workspace.path, workspace.base))
+        changed = tuple(await git.changed_paths(workspace.checkout, workspace.base))
         outside = tuple(p for p in changed if not in_write_set(p, spec.writes))
         if outside:
             return Finished(None, changed, outside)
-        commit = await git.commit_all(workspace.path, message)
-        return Finished(commit or await git.head(workspace.path), changed, ())
+        commit = await git.commit_all(workspace.checkout, message)
+        return Finished(commit or await git.head(workspace.checkout), changed, ())
 
-    async def integration_worktree(self) -> Path:
+    async def integration_worktree(self) -> git.Checkout:
         await self.integration_head()
-        path = self.integration_path
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            async with _repo_lock(self.repo):
-                await git.git(self.repo, "worktree", "prune")
-                await git.git(self.repo, "worktree", "add", "--force", str(path), self.integration_branch)
-        return path
+        async with _repo_lock(self.repo.git_dir):
+            return await git.attach_worktree(self.repo, self.integration_path, self.integration_branch)
 
     async def cleanup(self) -> None:
         """Remove the worktrees (the branches stay, so every task's work can still be seen)."""
         worktrees = self.root / "worktrees"
         if worktrees.exists():
-            for path in worktrees.iterdir():
-                make_writable(path)
-                await git.remove_worktree(self.repo, path)
-        await git.git(self.repo, "worktree", "prune", check=False)
+            async with _repo_lock(self.repo.git_dir):
+                for path in worktrees.iterdir():
+                    await git.remove_worktree(self.repo, path)
