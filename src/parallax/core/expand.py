@@ -15,69 +15,30 @@ Controllers:
 - moderate: cohorts with a moderator (rounds, phases, the moderator's typed actions, the
   people's topology requests, the synthesis); its session is snapshotted on every decision.
 - orgchart / escalate: an org chart's work distribution and its escalation up `reports_to`.
+
+`Expansion` and the helpers every controller shares live in `core/expansion.py` (re-exported
+here); the moderator's controller in `core/moderation.py`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from parallax.core.conflicts import Conflict
 from parallax.core.errors import TemplateError
+from parallax.core.expansion import Expansion as Expansion
+from parallax.core.expansion import make_step as make_step
+from parallax.core.expansion import output_of, succeeded
+from parallax.core.expansion import text_of as text_of
+from parallax.core.moderation import moderate
 from parallax.core.plan import GateSpec, Step
 from parallax.core.state import RunState
 from parallax.core.template import lookup
 
 
-@dataclass
-class Expansion:
-    output: Any = None
-    confidence: float | None = None
-    add: list[Step] = field(default_factory=list[Step])
-    rewire: dict[str, list[str]] = field(default_factory=dict[str, list[str]])
-    session: dict[str, Any] | None = None
-    applied: dict[int, str] = field(default_factory=dict[int, str])  # topology request seq -> outcome
-    conflicts: list[Conflict] = field(default_factory=list[Conflict])
-    forks: list[tuple[str, str, int | None]] = field(default_factory=list[tuple[str, str, int | None]])
-    merges: list[tuple[list[str], str]] = field(default_factory=list[tuple[list[str], str]])
-    divergence: dict[str, Any] | None = None
-    error: str | None = None
-
-
 def expand(step: Step, state: RunState) -> Expansion:
     assert step.control is not None
     return _CONTROLLERS[step.control.kind](step, state)
-
-
-def make_step(template: Mapping[str, Any], step_id: str, after: tuple[str, ...], **updates: Any) -> Step:
-    data = dict(template)
-    data.update(updates)
-    data["id"] = step_id
-    data["after"] = list(after)
-    data.setdefault("role", template.get("role") or template.get("id"))
-    return Step.model_validate(data)
-
-
-def _output(state: RunState, step_id: str) -> Any:
-    return state.steps[step_id].output if step_id in state.steps else None
-
-
-def _ok(state: RunState, step_id: str) -> bool:
-    return step_id in state.steps and state.steps[step_id].status == "succeeded"
-
-
-def text_of(output: Any) -> str:
-    """A contribution as prose, for transcripts and the divergence measure."""
-    if isinstance(output, str):
-        return output
-    if isinstance(output, Mapping):
-        for key in ("position", "summary", "text", "answer"):
-            if isinstance(output.get(key), str):
-                extra = output.get("reasoning") if key == "position" else output.get("recommendation")
-                return str(output[key]) + (f" ({extra})" if isinstance(extra, str) and extra else "")
-    return json.dumps(output, sort_keys=True, ensure_ascii=False, default=str)
 
 
 # Consensus
@@ -90,10 +51,10 @@ def _consensus(step: Step, state: RunState) -> Expansion:
     threshold = float(settings["threshold"])  # type: ignore[arg-type]
     max_rounds = int(settings["max_rounds"])  # type: ignore[arg-type]
     vote_id = step.after[0]
-    vote = (_output(state, vote_id) or {}).get("document") or {}
+    vote = (output_of(state, vote_id) or {}).get("document") or {}
     agreement = float(vote.get("agreement") or 0.0)
     history = [
-        {"round": j, **{k2: v for k2, v in (_output(state, f"consensus.r{j}") or {}).items() if k2 != "history"}}
+        {"round": j, **{k2: v for k2, v in (output_of(state, f"consensus.r{j}") or {}).items() if k2 != "history"}}
         for j in range(1, k)
     ]
     this_round = {"round": k, "winner": vote.get("winner"), "agreement": agreement}
@@ -110,7 +71,11 @@ def _consensus(step: Step, state: RunState) -> Expansion:
             confidence=agreement,
         )
     voters = state.plan.step(vote_id).after if state.plan else ()
-    previous = {state.plan.step(v).agent_name: _output(state, v) for v in voters if _ok(state, v)} if state.plan else {}
+    previous = (
+        {state.plan.step(v).agent_name: output_of(state, v) for v in voters if succeeded(state, v)}
+        if state.plan
+        else {}
+    )
     nxt = k + 1
     agents = [
         make_step(t, f"{t['role']}.r{nxt}", (step.id,), input={"round": nxt, "previous": previous})
@@ -161,12 +126,12 @@ def _cascade(step: Step, state: RunState) -> Expansion:
     confidence: float | None = current["confidence"]
     if current["status"] == "succeeded" and (confidence or 0.0) >= threshold:
         return Expansion(
-            output={"answer": _output(state, current["role"]), **_pick(current), "accepted": True, "tried": tried},
+            output={"answer": output_of(state, current["role"]), **_pick(current), "accepted": True, "tried": tried},
             confidence=confidence,
         )
     if tier < len(templates):
         nxt = templates[tier]
-        previous = {"answer": _output(state, current["role"]), "confidence": confidence}
+        previous = {"answer": output_of(state, current["role"]), "confidence": confidence}
         agent_step = make_step(nxt, str(nxt["role"]), (step.id,), input={"tier": tier + 1, "previous": previous})
         control = step.model_copy(
             update={
@@ -187,7 +152,7 @@ def _cascade(step: Step, state: RunState) -> Expansion:
         return Expansion(error=f"no tier of the cascade produced an answer ({roles})")
     best = max(answered, key=lambda t: (t["confidence"] or 0.0, t["tier"]))
     return Expansion(
-        output={"answer": _output(state, best["role"]), **_pick(best), "accepted": False, "tried": tried},
+        output={"answer": output_of(state, best["role"]), **_pick(best), "accepted": False, "tried": tried},
         confidence=best["confidence"],
     )
 
@@ -207,7 +172,7 @@ def _map(step: Step, state: RunState) -> Expansion:
     limit = int(settings.get("max_items") or 1000)  # type: ignore[arg-type]
     context = {
         "input": state.plan.inputs,
-        "steps": {d: {"output": _output(state, d)} for d in step.after},
+        "steps": {d: {"output": output_of(state, d)} for d in step.after},
     }
     try:
         items = lookup(context, over)
@@ -252,12 +217,12 @@ def _review(step: Step, state: RunState) -> Expansion:
     max_rounds = int(settings["max_rounds"])  # type: ignore[arg-type]
     author_role = str(settings["author"])
     author_id = f"{author_role}.r{k}"
-    reviews = {state.plan.step(r).agent_name: _output(state, r) for r in step.after if _ok(state, r)}
-    missing = [state.plan.step(r).agent_name for r in step.after if not _ok(state, r)]
+    reviews = {state.plan.step(r).agent_name: output_of(state, r) for r in step.after if succeeded(state, r)}
+    missing = [state.plan.step(r).agent_name for r in step.after if not succeeded(state, r)]
     approval = approval_of(reviews)
-    if not _ok(state, author_id):
+    if not succeeded(state, author_id):
         return Expansion(error=f"the author ({author_id}) did not produce a draft")
-    draft = _output(state, author_id)
+    draft = output_of(state, author_id)
     if approval >= approve_at or k >= max_rounds:
         return Expansion(
             output={
@@ -306,7 +271,7 @@ def _orgchart(step: Step, state: RunState) -> Expansion:
     clamp(tasks, min, max) instances, tasks dealt round-robin, one instance's tasks in order."""
     assert step.control is not None
     settings = step.control.settings
-    assignment = _output(state, step.after[0]) or {}
+    assignment = output_of(state, step.after[0]) or {}
     tasks = assignment.get("tasks") if isinstance(assignment, Mapping) else None
     if not isinstance(tasks, list) or not tasks:
         return Expansion(error=f"{step.after[0]} assigned no tasks")
@@ -336,7 +301,7 @@ def _escalate(step: Step, state: RunState) -> Expansion:
     assert step.control is not None
     settings = step.control.settings
     verdict_id = step.after[0]
-    verdict = _output(state, verdict_id)
+    verdict = output_of(state, verdict_id)
     depth = int(settings.get("depth", 0) or 0)  # type: ignore[arg-type]
     below = float(settings["below"])  # type: ignore[arg-type]
     chain: list[str] = list(settings["chain"])  # type: ignore[arg-type]  # the judge, their manager, theirs...
@@ -355,7 +320,7 @@ def _escalate(step: Step, state: RunState) -> Expansion:
     judged = state.plan.step(verdict_id) if state.plan else None
     work = judged.input.get("work") if judged is not None and "work" in judged.input else None
     if work is None and judged is not None:
-        work = [_output(state, d) for d in judged.after if _ok(state, d)]
+        work = [output_of(state, d) for d in judged.after if succeeded(state, d)]
     if depth + 1 < len(chain) and depth < max_depth and chain[depth + 1] in templates:
         manager = chain[depth + 1]
         judge = make_step(
@@ -403,18 +368,12 @@ def cohort_stream(run_id: str, cohort: str) -> str:
     return f"runs/{run_id}/cohorts/{cohort}"
 
 
-def _moderate(step: Step, state: RunState) -> Expansion:
-    from parallax.core.moderation import moderate
-
-    return moderate(step, state)
-
-
 _CONTROLLERS: dict[str, Callable[[Step, RunState], Expansion]] = {
     "consensus": _consensus,
     "cascade": _cascade,
     "map": _map,
     "review": _review,
-    "moderate": _moderate,
+    "moderate": moderate,
     "orgchart": _orgchart,
     "escalate": _escalate,
 }

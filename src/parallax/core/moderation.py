@@ -1,7 +1,8 @@
 """The moderator's controller: rounds, phases, the moderator's typed actions and people's
 topology requests, and the synthesis. Its session (phase, rounds, active cohorts, members,
 grants, counters, pending steering) is snapshotted with every decision, so a resumed run goes on
-from the same state. Pure, like every controller (see `core/expand.py`)."""
+from the same state. Pure, like every controller (see `core/expand.py`), and built on
+the same shared parts (`core/expansion.py`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from parallax.core.actions import (
 )
 from parallax.core.conflicts import Conflict
 from parallax.core.divergence import divergence
-from parallax.core.expand import Expansion, _ok, _output, make_step, text_of
+from parallax.core.expansion import Expansion, make_step, output_of, succeeded, text_of
 from parallax.core.plan import Step
 from parallax.core.state import RunState
 
@@ -63,13 +64,13 @@ def moderate(step: Step, state: RunState) -> Expansion:
         session["round_in_phase"] += 1
         for turn in step.after:
             spec = state.plan.step(turn)
-            if spec.cohort and _ok(state, turn):
+            if spec.cohort and succeeded(state, turn):
                 session["messages"][spec.cohort] = session["messages"].get(spec.cohort, 0) + 1
     actions: list[Any] = []
     for seq, request in state.pending_requests:
         actions.append((f"request {seq} by {request.get('by', '?')}", request.get("action"), seq))
     if stage == "decide":
-        decision = _output(state, step.after[0])
+        decision = output_of(state, step.after[0])
         if decision is None:
             session["log"].append(f"round {n}: the moderator did not answer; continuing")
         else:
@@ -300,11 +301,11 @@ def latest_positions(state: RunState, cohorts: list[str] | None = None) -> dict[
         return {}
     latest: dict[str, tuple[int, list[str]]] = {}
     for spec in state.plan.steps:
-        if not spec.cohort or not _ok(state, spec.id) or (cohorts is not None and spec.cohort not in cohorts):
+        if not spec.cohort or not succeeded(state, spec.id) or (cohorts is not None and spec.cohort not in cohorts):
             continue
         n = int(spec.input.get("round", 0) or 0)  # type: ignore[arg-type]
         best = latest.get(spec.cohort)
-        text = text_of(_output(state, spec.id))
+        text = text_of(output_of(state, spec.id))
         if best is None or n > best[0]:
             latest[spec.cohort] = (n, [text])
         elif n == best[0]:

@@ -27,9 +27,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from parallax.core.agent_spec import AgentKind as AgentKind
+from parallax.core.agent_spec import AgentSpec as AgentSpec
+from parallax.core.graphs import find_cycle as find_cycle
+from parallax.core.tasks import TaskGraphSpec
+
 StepKind = Literal["agent", "merge", "gate", "control", "subrun", "tasks"]
 ControlKind = Literal["consensus", "cascade", "map", "review", "moderate", "orgchart", "escalate"]
-AgentKind = Literal["llm", "coder", "python", "command", "cli"]
 
 _STEP_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 # A field path into contributions: dotted names, `[*]` for every item of a list.
@@ -48,54 +52,6 @@ class RetryPolicy(_Frozen):
     backoff_s: Annotated[float, Field(ge=0)] = 0.5
     max_backoff_s: Annotated[float, Field(ge=0)] = 30.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
-
-
-class AgentSpec(_Frozen):
-    """What runs in an agent step. Which fields apply depends on `kind`:
-
-    - llm: `model` (a pydantic-ai model string such as `anthropic:claude-sonnet-4-5`,
-      `openai:gpt-5`, or `openai-compatible:<model>` with `base_url`), `instructions`.
-    - python: `ref`, an importable `module:attr` or `path/to/file.py:attr` async callable.
-    - command: `command`, a shell command, or an argv list run without a shell (stdin: the
-      input as JSON; stdout: the output).
-    - cli: `preset` (claude, codex, gemini, aider, opencode) or `command` as a template.
-    """
-
-    kind: AgentKind
-    model: str | None = None
-    base_url: str | None = None
-    instructions: str | None = None
-    ref: str | None = None
-    command: str | tuple[Annotated[str, Field(min_length=1)], ...] | None = None
-    preset: str | None = None
-    env: tuple[str, ...] = ()  # names of parent environment variables granted to the agent
-    settings: dict[str, JsonValue] = Field(default_factory=dict)
-    cache: bool | None = None  # None: the kind's default (on for llm, cli, command; off for python)
-
-    @model_validator(mode="after")
-    def _check_kind_fields(self) -> AgentSpec:
-        required = {"llm": "model", "coder": "model", "python": "ref", "command": "command"}
-        field = required.get(self.kind)
-        if field is not None and not getattr(self, field):
-            raise ValueError(f"a {self.kind} agent needs `{field}`")
-        if isinstance(self.command, tuple) and not self.command:
-            raise ValueError("`command` as a list needs at least the program")
-        if self.kind == "cli" and not (self.preset or self.command):
-            raise ValueError("a cli agent needs `preset` or `command`")
-        return self
-
-    @property
-    def provider(self) -> str:
-        """The circuit-breaker and rate-limit key: the model's provider, or the agent kind."""
-        if self.kind in ("llm", "coder") and self.model:
-            return self.model.split(":", 1)[0] if ":" in self.model else "llm"
-        if self.kind == "cli":
-            return f"cli:{self.preset or 'template'}"
-        return self.kind
-
-    @property
-    def cached_by_default(self) -> bool:
-        return self.kind != "python"
 
 
 class RuleSpec(_Frozen):
@@ -257,8 +213,6 @@ class Step(_Frozen):
         if extra:
             raise ValueError(f"step {self.id!r} is a {self.kind} step but also sets {', '.join(extra)}")
         if self.tasks is not None:
-            from parallax.core.tasks import TaskGraphSpec
-
             TaskGraphSpec.model_validate(self.tasks)
         if self.kind == "merge" and not self.after:
             raise ValueError(f"merge step {self.id!r} has nothing to merge: list its inputs in `after`")
@@ -376,31 +330,3 @@ class Plan(_Frozen):
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
-    """A cycle in `node -> dependencies` as a path that returns to its start, or None.
-    Iterative depth-first search, so deep chains do not hit the recursion limit."""
-    done: set[str] = set()
-    for root in sorted(graph):
-        if root in done:
-            continue
-        path: list[str] = [root]
-        on_path = {root}
-        iterators = [iter(graph.get(root, ()))]
-        while iterators:
-            dep = next(iterators[-1], None)
-            if dep is None:
-                iterators.pop()
-                finished = path.pop()
-                on_path.discard(finished)
-                done.add(finished)
-                continue
-            if dep in on_path:
-                return [*path[path.index(dep) :], dep]
-            if dep in done or dep not in graph:
-                continue
-            path.append(dep)
-            on_path.add(dep)
-            iterators.append(iter(graph[dep]))
-    return None

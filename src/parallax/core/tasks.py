@@ -25,7 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from parallax.core.plan import AgentSpec, find_cycle
+from parallax.core.agent_spec import AgentSpec
+from parallax.core.graphs import find_cycle
 
 TaskStatus = Literal["pending", "ready", "claimed", "running", "succeeded", "failed", "blocked", "merged", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"failed", "blocked", "merged", "cancelled"})

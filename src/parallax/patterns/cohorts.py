@@ -5,15 +5,13 @@ org chart. Both compile their first moves statically and leave the rest to a con
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import JsonValue
 
 from parallax.core import actions
 from parallax.core.plan import ControlSpec, Step
-
-if TYPE_CHECKING:
-    from parallax.patterns.compile import Compiler
+from parallax.patterns.compile import Compiler
 
 COHORT_PROMPT = """{{input.question}}
 

@@ -1,7 +1,10 @@
 """YAML pattern documents (already parsed, schema-checked and env-expanded) -> Plan IR.
 
-One compiler per pattern; they share the agent-step builder (role defaults, model defaults,
-output types, confidence policies) and raise located errors (`file:line:col: field: what`).
+One compiler per pattern (here, and cohorts and the org chart in `patterns/cohorts.py`; which
+one a document gets is chosen by `patterns/yaml_loader.py`); they share the agent-step builder
+(role defaults, model defaults, output types, confidence policies) and raise located errors
+(`file:line:col: field: what`, see `patterns/located.py`). A breakout's own pattern file is
+read through the `load_pattern` the compiler is given, so this module reads no files itself.
 Patterns that decide at run time (consensus, cascade, map-reduce, review, cohorts, org chart)
 compile their first round statically plus a `control` step holding the templates for the rest.
 
@@ -16,10 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from parallax.agents.refs import resolve_ref
 from parallax.core import actions
 from parallax.core.errors import PlanError
 from parallax.core.plan import (
@@ -37,9 +41,8 @@ from parallax.core.plan import (
     VoteSpec,
     find_cycle,
 )
-
-if TYPE_CHECKING:
-    from parallax.patterns.yaml_loader import Located, Path_
+from parallax.core.tasks import TaskGraphSpec, TaskSpec
+from parallax.patterns.located import Located, Path_
 
 _AGENT_FIELDS = ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
 # The words each pattern names its own steps after (and what those steps are called).
@@ -58,11 +61,19 @@ _ROLE_DEFAULTS = ("kind", "model", "base_url", "instructions", "preset", "env", 
 
 
 class Compiler:
-    def __init__(self, data: dict[str, Any], where: Located, file: str, types: dict[str, dict[str, str]]) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any],
+        where: Located,
+        file: str,
+        types: dict[str, dict[str, str]],
+        load_pattern: Callable[[Path], Plan],
+    ) -> None:
         self.data = data
         self.where = where
         self.file = file
         self.types = types
+        self.load_pattern = load_pattern  # a pattern file -> its Plan (a breakout's)
         self.roles: dict[str, dict[str, Any]] = data.get("roles", {})
         self.retry = RetryPolicy(**data["retry"]) if "retry" in data else RetryPolicy()
         self.registry: list[dict[str, Any]] | None = None  # live registered agents, when compiled for a store
@@ -123,8 +134,6 @@ class Compiler:
         return {**defaults, **agent}
 
     def output_ref(self, name: str | None, path: Path_) -> str | None:
-        from parallax.patterns.yaml_loader import output_ref
-
         return output_ref(name, path, self.types, self.where)
 
     def agent_step(
@@ -140,8 +149,6 @@ class Compiler:
         default_model: str | None = None,
         **extra: Any,
     ) -> Step:
-        from parallax.patterns.yaml_loader import relative_to
-
         self.origins.setdefault(step_id, []).append(path)
         agent = self.with_role(agent, path)
         kind = agent.get("kind", "llm")
@@ -182,8 +189,6 @@ class Compiler:
             raise self.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
 
     def breakout_step(self, step_id: str, agent: dict[str, Any], path: Path_, after: tuple[str, ...]) -> Step:
-        from parallax.patterns.yaml_loader import load_pattern
-
         if "pattern" not in agent:
             raise self.error(path, "a breakout needs `pattern:` (the pattern file it runs)")
         target = Path(agent["pattern"])
@@ -192,7 +197,7 @@ class Compiler:
         if self.file != "<pattern>" and target.resolve() == Path(self.file).resolve():
             raise self.error((*path, "pattern"), "a breakout cannot run the pattern it is part of")
         try:
-            child = load_pattern(target)
+            child = self.load_pattern(target)
         except PlanError as e:
             raise self.error((*path, "pattern"), f"the breakout's pattern does not compile: {e}") from e
         return Step(
@@ -497,10 +502,34 @@ def _written(error: ValidationError) -> tuple[str | int, ...]:
     return tuple(part for part in errors[0]["loc"] if isinstance(part, str | int)) if errors else ()
 
 
+def relative_to(model: str | None, file: str) -> str | None:
+    """`scripted:answers.json` in a pattern file means next to that file."""
+    if model and model.startswith("scripted:") and not file.startswith("<"):
+        answers = Path(model.removeprefix("scripted:"))
+        if not answers.is_absolute():
+            return f"scripted:{Path(file).resolve().parent / answers}"
+    return model
+
+
+def output_ref(name: str | None, path: Path_, types: dict[str, dict[str, str]], where: Located) -> str | None:
+    if name is None:
+        return None
+    if ":" in name:
+        try:
+            obj = resolve_ref(name)
+        except PlanError as e:
+            raise where.error(path, f"cannot load the output model: {e}") from e
+        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+            raise where.error(path, f"{name!r} is not a pydantic model")
+        return name
+    if name not in types:
+        declared = ", ".join(types) or "none declared"
+        raise where.error(path, f"unknown type {name!r}; declare it under `types` ({declared}) or use module:Class")
+    return f"types:{name}"
+
+
 def compile_tasks(c: Compiler) -> list[Step]:
     """`pattern: tasks`: a task graph of coding tasks, each in its own worktree."""
-    from parallax.core.tasks import TaskGraphSpec, TaskSpec
-
     data = c.data
     if "tasks" not in data:
         raise c.error((), "a tasks pattern needs `tasks`")
@@ -532,33 +561,3 @@ def compile_tasks(c: Compiler) -> list[Step]:
     except ValidationError as e:
         raise c.error(("tasks",), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
     return [Step(id="tasks", kind="tasks", tasks=graph.model_dump(mode="json", exclude_defaults=True))]
-
-
-def compile_document(
-    data: dict[str, Any],
-    where: Located,
-    file: str,
-    types: dict[str, dict[str, str]],
-    registry: list[dict[str, Any]] | None = None,
-) -> Plan:
-    from parallax.patterns.cohorts import compile_cohorts, compile_orgchart
-
-    compiler = Compiler(data, where, file, types)
-    compiler.registry = registry
-    compiler.check_reserved()
-    builders: dict[str, Callable[[], list[Step]]] = {
-        "fanout": compiler.fanout_like,
-        "pipeline": compiler.fanout_like,
-        "vote": compiler.fanout_like,
-        "review": compiler.review,
-        "consensus": compiler.consensus,
-        "cascade": compiler.cascade,
-        "mapreduce": compiler.mapreduce,
-        "cohorts": lambda: compile_cohorts(compiler),
-        "orgchart": lambda: compile_orgchart(compiler),
-        "tasks": lambda: compile_tasks(compiler),
-    }
-    steps = builders[data["pattern"]]()
-    if data["pattern"] not in ("fanout", "pipeline", "vote"):
-        steps += compiler.approvals(steps)
-    return compiler.plan(steps)

@@ -24,23 +24,22 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
-from pydantic import BaseModel
 
-from parallax.agents.refs import resolve_ref
 from parallax.core.errors import PlanError
-from parallax.core.plan import Plan
+from parallax.core.plan import Plan, Step
 from parallax.core.types import build_type
-from parallax.patterns.compile import compile_document
+from parallax.patterns.cohorts import compile_cohorts, compile_orgchart
+from parallax.patterns.compile import Compiler, compile_tasks
+from parallax.patterns.located import Located, Path_, shown
 from parallax.patterns.schema import PATTERN_SCHEMA
 
-Path_ = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # Names refused for `${NAME}` even when listed in env_expand: whatever holds a key, a token, a
 # password (PASS, PWD), credentials, auth (AUTH, OAUTH, AUTHORIZATION; not AUTHOR), a personal access token
@@ -70,32 +69,6 @@ _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 def looks_secret(name: str) -> bool:
     """Whether an environment variable's name suggests it holds a secret."""
     return name.upper() not in _NOT_SECRET and _SECRET.search(name) is not None
-
-
-class Located:
-    """Where each value of a YAML document came from."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.marks: dict[Path_, tuple[int, int]] = {}
-
-    def position(self, path: Path_) -> tuple[int, int]:
-        while path and path not in self.marks:
-            path = path[:-1]
-        return self.marks.get(path, (1, 1))
-
-    def at(self, path: Path_) -> str:
-        line, col = self.position(path)
-        return f"{self.file}:{line}:{col}"
-
-    def error(self, path: Path_, message: str) -> PlanError:
-        return PlanError(f"{self.at(path)}: {_shown(path)}: {message}")
-
-
-def _shown(path: Path_) -> str:
-    if len(path) > 8:  # a refused deep path: its start and its end say where
-        return ".".join(str(p) for p in (*path[:4], f"...({len(path) - 6} more)", *path[-2:]))
-    return ".".join(str(p) for p in path) or "(top level)"
 
 
 class _Refused(Exception):
@@ -207,19 +180,19 @@ def check_data(value: Any, where: str) -> None:
     while stack:
         item, path = stack.pop()
         if len(path) > MAX_DEPTH:
-            raise PlanError(f"{where}: {_shown(path)}: nests deeper than {MAX_DEPTH} levels")
+            raise PlanError(f"{where}: {shown(path)}: nests deeper than {MAX_DEPTH} levels")
         if isinstance(item, dict):
             for key, inner in item.items():
                 problem = _scalar_problem(key)
                 if problem:
-                    raise PlanError(f"{where}: {_shown(path)}: a key holds {problem}")
+                    raise PlanError(f"{where}: {shown(path)}: a key holds {problem}")
                 stack.append((inner, (*path, key)))
         elif isinstance(item, list):
             stack.extend((inner, (*path, i)) for i, inner in enumerate(item))
         else:
             problem = _scalar_problem(item)
             if problem:
-                raise PlanError(f"{where}: {_shown(path)}: {problem}")
+                raise PlanError(f"{where}: {shown(path)}: {problem}")
 
 
 def _to_python(node: yaml.Node, path: Path_, where: Located, loader: yaml.SafeLoader) -> Any:
@@ -231,12 +204,12 @@ def _to_python(node: yaml.Node, path: Path_, where: Located, loader: yaml.SafeLo
         for key_node, value_node in node.value:
             line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if not isinstance(key_node, yaml.ScalarNode):
-                raise PlanError(f"{where.file}:{line}:{col}: {_shown(path)}: a key must be a plain name, not a "
+                raise PlanError(f"{where.file}:{line}:{col}: {shown(path)}: a key must be a plain name, not a "
                                 f"{'list' if isinstance(key_node, yaml.SequenceNode) else 'mapping'}")  # fmt: skip
             key = str(key_node.value)
             problem = _scalar_problem(key)
             if problem:
-                raise PlanError(f"{where.file}:{line}:{col}: {_shown(path)}: a key holds {problem}")
+                raise PlanError(f"{where.file}:{line}:{col}: {shown(path)}: a key holds {problem}")
             if key in out:
                 raise PlanError(f"{where.file}:{line}:{col}: {key}: duplicate key")
             where.marks[(*path, key)] = (line, col)
@@ -249,7 +222,7 @@ def _to_python(node: yaml.Node, path: Path_, where: Located, loader: yaml.SafeLo
         value = loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, OverflowError) as e:
         reason = e.problem if isinstance(e, yaml.MarkedYAMLError) and e.problem else str(e).splitlines()[0]
-        raise PlanError(f"{where.at(path)}: {_shown(path)}: cannot read this value: {reason}") from e
+        raise PlanError(f"{where.at(path)}: {shown(path)}: cannot read this value: {reason}") from e
     problem = _scalar_problem(value)
     if problem:
         raise where.error(path, problem)
@@ -270,7 +243,7 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Located]:
         loader = _BoundedLoader(text)
         node = loader.get_single_node()
     except _Refused as e:
-        raise PlanError(f"{file}:{e.line}:{e.column}: {_shown(e.path)}: {e.message}; refused") from None
+        raise PlanError(f"{file}:{e.line}:{e.column}: {shown(e.path)}: {e.message}; refused") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -362,30 +335,35 @@ def _env_names(data: dict[str, Any], where: Located) -> set[str]:
     return set(names)
 
 
-def relative_to(model: str | None, file: str) -> str | None:
-    """`scripted:answers.json` in a pattern file means next to that file."""
-    if model and model.startswith("scripted:") and not file.startswith("<"):
-        answers = Path(model.removeprefix("scripted:"))
-        if not answers.is_absolute():
-            return f"scripted:{Path(file).resolve().parent / answers}"
-    return model
-
-
-def output_ref(name: str | None, path: Path_, types: dict[str, dict[str, str]], where: Located) -> str | None:
-    if name is None:
-        return None
-    if ":" in name:
-        try:
-            obj = resolve_ref(name)
-        except PlanError as e:
-            raise where.error(path, f"cannot load the output model: {e}") from e
-        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
-            raise where.error(path, f"{name!r} is not a pydantic model")
-        return name
-    if name not in types:
-        declared = ", ".join(types) or "none declared"
-        raise where.error(path, f"unknown type {name!r}; declare it under `types` ({declared}) or use module:Class")
-    return f"types:{name}"
+def compile_document(
+    data: dict[str, Any],
+    where: Located,
+    file: str,
+    types: dict[str, dict[str, str]],
+    registry: list[dict[str, Any]] | None = None,
+) -> Plan:
+    """A parsed, schema-checked and env-expanded document -> its Plan, by its pattern's compiler
+    (`patterns/compile.py`, `patterns/cohorts.py`); a breakout's own pattern file is loaded with
+    `load_pattern`."""
+    compiler = Compiler(data, where, file, types, load_pattern)
+    compiler.registry = registry
+    compiler.check_reserved()
+    builders: dict[str, Callable[[], list[Step]]] = {
+        "fanout": compiler.fanout_like,
+        "pipeline": compiler.fanout_like,
+        "vote": compiler.fanout_like,
+        "review": compiler.review,
+        "consensus": compiler.consensus,
+        "cascade": compiler.cascade,
+        "mapreduce": compiler.mapreduce,
+        "cohorts": lambda: compile_cohorts(compiler),
+        "orgchart": lambda: compile_orgchart(compiler),
+        "tasks": lambda: compile_tasks(compiler),
+    }
+    steps = builders[data["pattern"]]()
+    if data["pattern"] not in ("fanout", "pipeline", "vote"):
+        steps += compiler.approvals(steps)
+    return compiler.plan(steps)
 
 
 def compile_pattern(

@@ -77,6 +77,7 @@ from parallax.streams.nats_codec import (
     stream_hash,
 )
 from parallax.streams.nats_connection import NatsConnection
+from parallax.streams.nats_fork import fork_stream
 
 _WRONG_LAST_SEQUENCE = 10071
 _STREAM_NOT_FOUND = 10059
@@ -547,8 +548,6 @@ class NatsStore(StreamStore):
         return found[:limit]
 
     async def fork(self, src: str, dst: str, at_seq: int) -> StreamInfo:
-        from parallax.streams.nats_fork import fork_stream
-
         return await fork_stream(self, src, dst, at_seq)
 
 

@@ -1,4 +1,7 @@
-"""JetStream's key-value and object stores behind Parallax's buckets and blobs."""
+"""JetStream's key-value and object stores behind Parallax's buckets and blobs.
+
+Both work through `BucketHost`, the connection and settings of the NATS store they belong to
+(`streams/nats.py`), so this module does not depend on that store."""
 
 from __future__ import annotations
 
@@ -6,11 +9,13 @@ import asyncio
 import builtins
 import hashlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import KeyValueConfig, ObjectStoreConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.js.client import JetStreamContext
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
@@ -27,16 +32,32 @@ from parallax.core.errors import BlobNotFound
 from parallax.streams.kv import Entry, KeyExists, KeyValue, RevisionMismatch
 from parallax.streams.nats_codec import NatsStoreError, decode_key, encode_key
 
-if TYPE_CHECKING:
-    from parallax.streams.nats import NatsStore
-
 NO_PEERS = 10005  # no suitable peers for placement (a clustered server is away)
+
+
+class BucketHost(Protocol):
+    """What buckets and blobs need of the NATS store: its connection, name prefix, storage,
+    replication and timeout."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def storage(self) -> StorageType: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    async def connection(self) -> tuple[NatsClient, JetStreamContext]: ...
 
 
 class NatsKeyValue(KeyValue):
     """A JetStream KV bucket (history 1); operations are retried while the server restarts."""
 
-    def __init__(self, store: NatsStore, bucket: str) -> None:
+    def __init__(self, store: BucketHost, bucket: str) -> None:
         self.store = store
         self.bucket = bucket
         self._kv: NatsBucket | None = None
@@ -129,7 +150,7 @@ class NatsKeyValue(KeyValue):
 class NatsBlobs:
     """Blobs in the JetStream object store `<PREFIX>_blobs`, named by their sha256."""
 
-    def __init__(self, store: NatsStore) -> None:
+    def __init__(self, store: BucketHost) -> None:
         self.store = store
         self._object_store: ObjectStore | None = None
 

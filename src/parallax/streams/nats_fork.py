@@ -1,20 +1,36 @@
 """`fork` on the NATS store: a new JetStream stream holding a prefix of another at the same
-positions (`first_seq`), with the fencing token and trim point in force there."""
+positions (`first_seq`), with the fencing token and trim point in force there.
+
+It works through `ForkingStore`, the few stream operations of the NATS store (`streams/nats.py`)
+a fork is made of, so this module does not depend on the store that uses it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from parallax.core.errors import ReadUnwritten, StreamExists, StreamNotFound
 from parallax.streams.base import StreamInfo, StreamState
 from parallax.streams.nats_codec import Frame, NatsStoreError, encode_frame
 from parallax.streams.semantics import validate_stream_name
 
-if TYPE_CHECKING:
-    from parallax.streams.nats import NatsStore
+
+class ForkingStore(Protocol):
+    """What `fork_stream` needs of the NATS store: its stream-level operations."""
+
+    async def _fetch_state(self, stream: str) -> StreamState: ...
+
+    async def _info(self, stream: str) -> dict[str, Any]: ...
+
+    async def _direct_batch(
+        self, stream: str, start: int, count: int, max_bytes: int | None
+    ) -> list[tuple[int, Frame]]: ...
+
+    async def _add_stream(self, stream: str, *, first_seq: int = 0, base: StreamState | None = None) -> StreamInfo: ...
+
+    async def _publish(self, stream: str, payloads: list[bytes], expected_last: int) -> dict[str, Any] | None: ...
 
 
-async def fork_stream(store: NatsStore, src: str, dst: str, at_seq: int) -> StreamInfo:
+async def fork_stream(store: ForkingStore, src: str, dst: str, at_seq: int) -> StreamInfo:
     validate_stream_name(src)
     validate_stream_name(dst)
     state = await store._fetch_state(src)
