@@ -23,6 +23,7 @@ from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.plan import AgentSpec
 from parallax.streams.base import AppendInput, AppendRecord, Record, StreamStore
+from parallax.streams.folded import event_record
 
 EMIT_PIECE = 128 * 1024  # characters per chunk record: 6 bytes per escaped character stays under 1 MiB
 
@@ -59,8 +60,7 @@ class AgentLog:
         self.error: BaseException | None = None
 
     def write(self, event_type: str, data: Mapping[str, Any]) -> None:
-        headers, body = Event(event_type, dict(data), step=self.step, agent=self.agent).encode()
-        self._pending.append(AppendRecord(body=body, headers=headers))
+        self._pending.append(event_record(Event(event_type, dict(data), step=self.step, agent=self.agent)))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 

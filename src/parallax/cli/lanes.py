@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from parallax.core import events as ev
-from parallax.core.events import Event, decode_event
+from parallax.core.events import Event
 from parallax.core.state import RunState
 from parallax.engine.control import agent_stream, control_stream
 from parallax.streams.base import StreamStore
+from parallax.streams.folded import record_event
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -62,7 +63,7 @@ class LaneView:
 
     async def _follow_agent(self, lane: Lane) -> None:
         async for record in self.store.tail(agent_stream(self.run_id, lane.step), missing_ok=True):
-            event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+            event = record_event(record)
             if event is None:
                 continue
             if event.type == ev.AGENT_CHUNK:
@@ -175,7 +176,7 @@ class LaneView:
             if live is not None:
                 live.start()
             async for record in self.store.tail(control_stream(self.run_id), missing_ok=True):
-                event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                event = record_event(record)
                 if event is None:
                     continue
                 self._on_event(event)

@@ -24,12 +24,12 @@ import click
 
 from parallax.cli.context import MAX_INT, FiniteFloat, run_with_store
 from parallax.core.errors import AgentFailed
-from parallax.core.events import decode_event
 from parallax.core.expand import cohort_stream
 from parallax.engine import live
 from parallax.engine.api import load_run
 from parallax.engine.cohorts import read_stream_events, transcript
 from parallax.streams.base import StreamStore
+from parallax.streams.folded import record_event
 
 
 def _who(by: str | None) -> str:
@@ -240,7 +240,7 @@ async def _run_finished(store: StreamStore, run_id: str) -> None:
 
 async def _print_cohort(store: StreamStore, stream: str) -> None:
     async for record in store.tail(stream, 0, missing_ok=True):
-        event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+        event = record_event(record)
         if event is not None:
             click.echo(transcript([event]))
 

@@ -19,6 +19,7 @@ from parallax.core.state import RunState, fold, remember_plan
 from parallax.engine.control import ControlLog, control_stream, read_events
 from parallax.engine.runner import Runner, RunOptions
 from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, StreamStore, TailOffset
+from parallax.streams.folded import event_record, record_event
 
 
 def new_run_id(name: str = "run") -> str:
@@ -28,10 +29,9 @@ def new_run_id(name: str = "run") -> str:
 
 def _record(event: Event) -> AppendRecord:
     try:
-        headers, body = event.encode()
+        return event_record(event)
     except TypeError as e:  # orjson: integers past 64 bits, non-string keys, ...
         raise UserError(f"{event.type} cannot be stored: {e}") from None
-    return AppendRecord(body=body, headers=headers)
 
 
 async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = None, source: str | None = None) -> str:
@@ -132,10 +132,13 @@ async def request_cancel(store: StreamStore, run_id: str, reason: str = "") -> N
 
 
 async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: bool, by: str, note: str = "") -> None:
-    """Approve or reject a waiting approval gate: read, check, append at the tail we read."""
+    """Approve or reject a waiting approval gate: decided on the folded log, appended at its
+    tail (decided again if anything was appended meanwhile)."""
     log = ControlLog(store, run_id)
-    while True:
-        state = await log.load()
+    await log.load()
+
+    def decide() -> list[Event]:
+        state = log.state
         if state.plan is None:
             raise RunNotFound(run_id)
         try:
@@ -148,12 +151,9 @@ async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: b
             decided = state.gate_decisions[step]
             verdict = "approved" if decided.approved else "rejected"
             raise UserError(f"gate {step!r} was already {verdict} by {decided.by}")
-        event = Event(ev.GATE_DECIDED, {"approved": approved, "by": by, "note": note}, step=step)
-        try:
-            await store.append(control_stream(run_id), AppendInput([_record(event)], match_seq_num=log.tail))
-            return
-        except SeqNumMismatch:
-            continue  # something happened meanwhile: read again and decide again
+        return [Event(ev.GATE_DECIDED, {"approved": approved, "by": by, "note": note}, step=step)]
+
+    await log.decide_and_append(decide)
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,7 @@ async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
             run_id = info.name.split("/")[1]
             first = await store.read(info.name, limit=ReadLimit(count=1))
             last = await store.read(info.name, TailOffset(1))
-            events = [
-                e
-                for r in (*first.records, *last.records)
-                if (e := ev.decode_event(r.headers, r.body, r.seq_num, r.timestamp)) is not None
-            ]
+            events = [e for r in (*first.records, *last.records) if (e := record_event(r)) is not None]
             state = fold(events)
             name = state.plan.name if state.plan else "?"
             status = state.status if state.finished else ("running" if state.plan else "?")

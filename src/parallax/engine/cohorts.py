@@ -11,11 +11,12 @@ from typing import Any
 
 from parallax.core import events as ev
 from parallax.core.errors import StreamNotFound
-from parallax.core.events import Event, decode_event
+from parallax.core.events import Event
 from parallax.core.expand import cohort_stream, text_of
 from parallax.core.grants import Grants
 from parallax.core.plan import Step
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record, record_event
 
 MESSAGE_CHARS = 4000  # of one message, in a transcript
 
@@ -33,7 +34,7 @@ async def read_stream_events(store: StreamStore, stream: str) -> list[Event]:
         records = await store.read_all(stream)
     except StreamNotFound:
         return []
-    return [e for r in records if (e := decode_event(r.headers, r.body, r.seq_num, r.timestamp)) is not None]
+    return [e for r in records if (e := record_event(r)) is not None]
 
 
 def transcript(events: list[Event]) -> str:
@@ -93,5 +94,4 @@ async def find_published(store: StreamStore, stream: str, idem: str) -> Event | 
 
 
 async def publish(store: StreamStore, stream: str, event: Event) -> None:
-    headers, body = event.encode()
-    await store.append(stream, AppendInput([AppendRecord(body=body, headers=headers)]))
+    await store.append(stream, AppendInput([event_record(event)]))

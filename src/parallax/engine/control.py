@@ -24,11 +24,12 @@ from typing import Any
 import orjson
 
 from parallax.core import events as ev
-from parallax.core.errors import Fenced, FencingTokenMismatch, SeqNumMismatch
-from parallax.core.events import Event, decode_event
+from parallax.core.errors import Fenced, FencingTokenMismatch
+from parallax.core.events import Event
 from parallax.core.state import RunState
 from parallax.engine.snapshots import SNAPSHOT_EVERY, dump_state, load_snapshot, write_snapshot
-from parallax.streams.base import MAX_BATCH_BYTES, AppendInput, AppendRecord, Record, StreamStore
+from parallax.streams.base import MAX_BATCH_BYTES, AppendRecord, Record, StreamStore
+from parallax.streams.folded import FoldedStream, event_record, positioned, record_event
 
 BLOB_THRESHOLD = 256 * 1024
 
@@ -64,6 +65,23 @@ def agent_stream(run_id: str, agent: str) -> str:
     return f"runs/{run_id}/agents/{agent}"
 
 
+class ControlCodec:
+    """Events to records for the control stream: an event whose output went to a blob is
+    written in its stored form (registered by `ControlLog.emit`), and folded as emitted."""
+
+    def __init__(self) -> None:
+        self.stored: dict[int, Event] = {}  # id(event) -> its form on the log, when it differs
+
+    def to_record(self, item: Event) -> AppendRecord:
+        return event_record(self.stored.get(id(item), item))
+
+    def from_record(self, record: Record) -> Event | None:
+        return record_event(record)
+
+    def at(self, item: Event, seq_num: int, timestamp: int) -> Event:
+        return positioned(item, seq_num, timestamp)
+
+
 class ControlLog:
     def __init__(
         self,
@@ -82,74 +100,78 @@ class ControlLog:
         self.run_id = run_id
         self.stream = control_stream(run_id)
         self.state = RunState()
-        self.tail = 0
-        self.token: str | None = None
+        self._codec = ControlCodec()
+        self.folded = FoldedStream(
+            store,
+            self.stream,
+            self._apply,
+            self._codec,
+            resolve=lambda event: resolved(store, event),
+            on_synced=self._synced,
+        )
         self._pending: deque[tuple[Event, asyncio.Future[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self.foreign = asyncio.Event()  # set whenever records written by someone else are folded
-        self._stored_as: dict[asyncio.Future[None], Event] = {}  # an emit's form on the log, when it differs
         self._snapshot_at = 0
         self._snapshot_writes: set[asyncio.Task[None]] = set()
 
+    @property
+    def tail(self) -> int:
+        return self.folded.tail
+
+    @property
+    def token(self) -> str | None:
+        return self.folded.token
+
+    def _apply(self, event: Event) -> None:
+        self.state.apply(event)
+
+    def _synced(self, events: list[Event]) -> None:
+        if self.on_folded is not None and self._loaded:
+            for event in events:
+                self.on_folded(event)
+        self.foreign.set()
+        self._maybe_snapshot()
+
     async def load(self) -> RunState:
         """Fold the log: from the newest snapshot that checks out against it, else from 0."""
-        async with self._lock:
-            if self.tail == 0:
+        async with self.folded.lock:
+            if self.folded.tail == 0:
                 found = await load_snapshot(self.store, self.run_id, self.stream)
                 if found is not None:
-                    self.state, self.tail = found
-                    self._snapshot_at = self.tail
-            await self._read_new()
+                    self.state, tail = found
+                    self.folded.seed(tail)
+                    self._snapshot_at = tail
+            await self.folded.sync_locked()
             self._loaded = True
         return self.state
 
-    async def _read_new(self) -> list[Event]:
-        records = await self.store.read_all(self.stream, self.tail)
-        folded: list[Event] = []
-        for record in records:
-            event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
-            if event is not None:
-                event = await resolved(self.store, event)
-                self.state.apply(event)
-                folded.append(event)
-                if self.on_folded is not None and self._loaded:
-                    self.on_folded(event)
-            self.tail = record.seq_num + 1
-        if folded:
-            self.foreign.set()
-        if records:
-            self._maybe_snapshot(records[-1], records[-1].timestamp)
-        return folded
-
-    def _maybe_snapshot(self, last: Record | AppendRecord, timestamp: int) -> None:
+    def _maybe_snapshot(self) -> None:
         """Every SNAPSHOT_EVERY records: pickle the state now (it folds exactly [0, tail)) and
         keep it in the background; a failed write only means the next resume folds more."""
-        if not self.snapshots or self.tail - self._snapshot_at < SNAPSHOT_EVERY:
+        last = self.folded.last_record
+        if not self.snapshots or last is None or self.tail - self._snapshot_at < SNAPSHOT_EVERY:
             return
         self._snapshot_at = self.tail
         payload = dump_state(self.state)
         task = asyncio.get_running_loop().create_task(
-            write_snapshot(self.store, self.run_id, payload, self.tail, last, timestamp)
+            write_snapshot(self.store, self.run_id, payload, self.tail, last, self.folded.last_timestamp)
         )
         self._snapshot_writes.add(task)
         task.add_done_callback(_finished_write(self._snapshot_writes))
 
     async def sync(self) -> list[Event]:
         """Fold whatever others appended since our tail."""
-        async with self._lock:
-            return await self._read_new()
+        return await self.folded.sync()
 
     async def take_over(self, token: str) -> None:
         """Fence the stream with our token: any earlier coordinator's next append is refused."""
-        async with self._lock:
-            await self._read_new()
-            ack = await self.store.fence(self.stream, token)
-            self.token = token
-            if ack.start.seq_num == self.tail:
-                self.tail = ack.end.seq_num
-            else:
-                await self._read_new()
+        await self.folded.fence(token)
+
+    async def decide_and_append(self, decide: Callable[[], Sequence[Event] | None]) -> bool:
+        """Fold, decide on the fresh state, append at the tail (deciding again after a lost
+        race); whether anything was appended."""
+        return await self.folded.decide_and_append(decide) is not None
 
     async def emit(self, *events: Event) -> None:
         """Append events durably (in order, batched with concurrent emits) and fold them."""
@@ -161,7 +183,7 @@ class ControlLog:
             future: asyncio.Future[None] = loop.create_future()
             stored = await stored_form(self.store, event)
             if stored is not event:
-                self._stored_as[future] = stored
+                self._codec.stored[id(event)] = stored
             self._pending.append((event, future))
             futures.append(future)
         if self._flusher is None or self._flusher.done():
@@ -176,61 +198,54 @@ class ControlLog:
             if error is not None:
                 raise error
 
-    def _take_batch(self) -> list[tuple[Event, asyncio.Future[None], AppendRecord]]:
-        batch: list[tuple[Event, asyncio.Future[None], AppendRecord]] = []
+    def _take_batch(self) -> list[tuple[Event, asyncio.Future[None]]]:
+        batch: list[tuple[Event, asyncio.Future[None]]] = []
         size = 0
         while self._pending and len(batch) < 1000:
             event, future = self._pending[0]
-            headers, body = self._stored_as.get(future, event).encode()
-            record = AppendRecord(body=body, headers=headers)
-            metered = record.metered_bytes
+            metered = self._codec.to_record(event).metered_bytes
             if batch and size + metered > MAX_BATCH_BYTES:
                 break
             self._pending.popleft()
-            batch.append((event, future, record))
+            batch.append((event, future))
             size += metered
         return batch
 
+    def _forget(self, batch: Sequence[tuple[Event, asyncio.Future[None]]]) -> None:
+        for event, _ in batch:
+            self._codec.stored.pop(id(event), None)
+
     async def _flush_loop(self) -> None:
         while self._pending:
-            async with self._lock:
+            async with self.folded.lock:
                 batch = self._take_batch()
                 try:
-                    ack = await self.store.append(
-                        self.stream,
-                        AppendInput([r for _, _, r in batch], match_seq_num=self.tail, fencing_token=self.token),
-                    )
-                except SeqNumMismatch:
-                    self._pending.extendleft((e, f) for e, f, _ in reversed(batch))
-                    await self._read_new()
-                    continue
+                    appended = await self.folded.append_locked([e for e, _ in batch], conditional=True)
                 except FencingTokenMismatch as e:
                     error = Fenced(f"run {self.run_id}: another coordinator took over ({e})")
-                    for _, future, _ in batch:
-                        _fail(future, error)
-                    for _, future in self._pending:
-                        _fail(future, error)
+                    everything = [*batch, *self._pending]
                     self._pending.clear()
-                    self._stored_as.clear()
+                    self._forget(everything)
+                    for _, future in everything:
+                        _fail(future, error)
                     return
                 except BaseException as e:
-                    for _, future, _ in batch:
-                        self._stored_as.pop(future, None)
+                    self._forget(batch)
+                    for _, future in batch:
                         _fail(future, e if isinstance(e, Exception) else RuntimeError(repr(e)))
                     if not isinstance(e, Exception):
                         raise
                     continue
-                timestamp = ack.end.timestamp
-                for offset, (event, future, _) in enumerate(batch):
-                    positioned = _positioned(event, ack.start.seq_num + offset, timestamp)
-                    self.state.apply(positioned)
+                if appended is None:  # someone else appended first: folded; append at the new tail
+                    self._pending.extendleft(reversed(batch))
+                    continue
+                self._forget(batch)
+                for offset, (event, future) in enumerate(batch):
                     if self.on_event is not None:
-                        self.on_event(positioned)
-                    self._stored_as.pop(future, None)
+                        self.on_event(positioned(event, appended.start + offset, appended.timestamp))
                     if not future.done():
                         future.set_result(None)
-                self.tail = ack.end.seq_num
-                self._maybe_snapshot(batch[-1][2], ack.end.timestamp)
+                self._maybe_snapshot()
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
@@ -249,10 +264,6 @@ def _finished_write(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[
     return done
 
 
-def _positioned(event: Event, seq_num: int, timestamp: int) -> Event:
-    return Event(event.type, event.data, event.step, event.agent, event.idem, seq_num, timestamp)
-
-
 def _fail(future: asyncio.Future[None], error: BaseException) -> None:
     if not future.done():
         future.set_exception(error)
@@ -261,7 +272,7 @@ def _fail(future: asyncio.Future[None], error: BaseException) -> None:
 async def read_events(store: StreamStore, stream: str, start: int = 0) -> Sequence[Event]:
     out: list[Event] = []
     for record in await store.read_all(stream, start):
-        event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+        event = record_event(record)
         if event is not None:
             out.append(await resolved(store, event))
     return out

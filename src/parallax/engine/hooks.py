@@ -30,7 +30,8 @@ from parallax.core import events as ev
 from parallax.core.events import Event
 from parallax.core.tasks import TASK_FAILED, TASK_SUCCEEDED
 from parallax.settings import HooksConfig
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record
 
 HOOK_RAN = "hook.ran"
 HOOK_FAILED = "hook.failed"
@@ -125,8 +126,7 @@ class Hooks:
         outcome["duration_ms"] = int((time.monotonic() - started) * 1000)
         failed = "error" in outcome or outcome.get("exit") != 0
         record = Event(HOOK_FAILED if failed else HOOK_RAN, outcome, step=event.step)
-        headers, body = record.encode()
         try:
-            await self.store.append(hooks_stream(self.run_id), AppendInput([AppendRecord(body=body, headers=headers)]))
+            await self.store.append(hooks_stream(self.run_id), AppendInput([event_record(record)]))
         except Exception:  # the store is away: a hook's record is not worth failing anything for
             return

@@ -27,12 +27,8 @@ from parallax.core.state import RunState
 from parallax.engine.api import load_run
 from parallax.engine.cohorts import inbox_stream
 from parallax.engine.control import control_stream
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
-
-
-def _record(event: Event) -> AppendRecord:
-    headers, body = event.encode()
-    return AppendRecord(body=body, headers=headers)
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record
 
 
 def cohorts_of(state: RunState) -> dict[str, list[str]]:
@@ -81,7 +77,7 @@ async def request_topology(store: StreamStore, run_id: str, action: dict[str, An
         if key in action and action[key] not in cohorts:
             raise UserError(f"run {run_id} has no cohort {action[key]!r} (cohorts: {', '.join(cohorts)})")
     event = Event(ev.TOPOLOGY_REQUESTED, {"action": action, "by": by})
-    ack = await store.append(control_stream(run_id), AppendInput([_record(event)]))
+    ack = await store.append(control_stream(run_id), AppendInput([event_record(event)]))
     return ack.start.seq_num
 
 
@@ -112,7 +108,7 @@ async def send_message(store: StreamStore, run_id: str, target: str, text: str, 
     if not text.strip():
         raise UserError("the message is empty")
     event = Event(ev.INBOX_MESSAGE, {"from": by, "text": text})
-    ack = await store.append(inbox_stream(run_id, target), AppendInput([_record(event)]))
+    ack = await store.append(inbox_stream(run_id, target), AppendInput([event_record(event)]))
     return ack.start.seq_num
 
 
@@ -124,5 +120,5 @@ async def check_cohort(store: StreamStore, run_id: str, cohort: str) -> None:
 
 async def post_to_cohort(store: StreamStore, run_id: str, cohort: str, text: str, by: str) -> int:
     event = Event(ev.COHORT_MESSAGE, {"from": by, "text": text})
-    ack = await store.append(cohort_stream(run_id, cohort), AppendInput([_record(event)]))
+    ack = await store.append(cohort_stream(run_id, cohort), AppendInput([event_record(event)]))
     return ack.start.seq_num

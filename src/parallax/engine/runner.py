@@ -61,7 +61,8 @@ from parallax.engine.gates import run_gate
 from parallax.engine.hooks import Hooks
 from parallax.engine.merging import run_merge
 from parallax.settings import HooksConfig
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record
 
 
 @dataclass
@@ -564,10 +565,8 @@ class Runner:
         assert step.agent is not None
         model = self.state.steps[step.id].escalated_model or step.agent.model or step.agent.kind
         entry = {"run": self.run_id, "step": step.id, "confidence": confidence, "model": model, "attempt": attempt}
-        headers, body = Event("agent.confidence", entry, step=step.id, agent=step.agent_name).encode()
-        await self.store.append(
-            f"confidence/{step.agent_name}", AppendInput([AppendRecord(body=body, headers=headers)])
-        )
+        event = Event("agent.confidence", entry, step=step.id, agent=step.agent_name)
+        await self.store.append(f"confidence/{step.agent_name}", AppendInput([event_record(event)]))
 
     async def _flush_quietly(self, log: AgentLog) -> None:
         with contextlib.suppress(Exception):

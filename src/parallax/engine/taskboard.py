@@ -10,13 +10,11 @@ afterwards is ignored by the fold (`TaskBoard.apply`).
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from parallax import telemetry
-from parallax.core.errors import SeqNumMismatch
-from parallax.core.events import Event, decode_event
+from parallax.core.events import Event
 from parallax.core.tasks import (
     TASK_CLAIMED,
     TASK_EVENTS,
@@ -25,7 +23,8 @@ from parallax.core.tasks import (
     TaskGraphSpec,
 )
 from parallax.engine.control import control_stream
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import StreamStore
+from parallax.streams.folded import EVENTS, FoldedStream
 from parallax.streams.semantics import now_ms
 
 
@@ -36,12 +35,9 @@ class Claim:
     lease_until: int
 
 
-def _record(event: Event) -> AppendRecord:
-    headers, body = event.encode()
-    return AppendRecord(body=body, headers=headers)
-
-
 class TaskClient:
+    """A worker's fold of the run's task board (`FoldedStream` over the control stream)."""
+
     def __init__(self, store: StreamStore, run_id: str, worker: str, spec: TaskGraphSpec) -> None:
         self.store = store
         self.run_id = run_id
@@ -49,58 +45,60 @@ class TaskClient:
         self.spec = spec
         self.board = TaskBoard.of(spec)
         self.stream = control_stream(run_id)
-        self.tail = 0
-        self._lock = asyncio.Lock()
-        self._mine: dict[int, bool] = {}  # seq -> accepted, for this worker's own events
+        self.folded = FoldedStream(store, self.stream, self._apply, EVENTS)
+
+    def _apply(self, event: Event) -> bool | None:
+        if event.type not in TASK_EVENTS:
+            return None
+        return self.board.apply(event.type, event.data, event.timestamp)
+
+    @property
+    def tail(self) -> int:
+        return self.folded.tail
 
     async def sync(self) -> None:
-        async with self._lock:
-            for record in await self.store.read_all(self.stream, self.tail):
-                self.tail = record.seq_num + 1
-                event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
-                if event is not None and event.type in TASK_EVENTS:
-                    accepted = self.board.apply(event.type, event.data, event.timestamp)
-                    if event.data.get("worker") == self.worker:
-                        self._mine[record.seq_num] = accepted
+        await self.folded.sync()
 
     async def claim(self, files: tuple[str, ...] = ()) -> Claim | None:
         """Claim the next task this worker may run, or None when nothing is claimable now."""
-        while True:
-            await self.sync()
+        chosen: dict[str, Any] = {}
+
+        def decide() -> list[Event] | None:
             now = now_ms()
             task = self.board.pick(now, files)
             if task is None:
                 return None
             attempt = self.board.tasks[task].attempt + 1
-            lease_until = now + int(self.spec.lease_s * 1000)
-            event = Event(
-                TASK_CLAIMED, {"task": task, "worker": self.worker, "attempt": attempt, "lease_until": lease_until}
-            )
+            chosen.update(task=task, attempt=attempt, lease_until=now + int(self.spec.lease_s * 1000))
+            data = {"task": task, "worker": self.worker, "attempt": attempt, "lease_until": chosen["lease_until"]}
+            return [Event(TASK_CLAIMED, data)]
+
+        while True:
             with telemetry.span(
-                "parallax.claim",
-                {"parallax.task": task, "parallax.worker": self.worker, "parallax.stream": self.stream},
+                "parallax.claim", {"parallax.worker": self.worker, "parallax.stream": self.stream}
             ) as current:
-                try:
-                    ack = await self.store.append(self.stream, AppendInput([_record(event)], match_seq_num=self.tail))
-                except SeqNumMismatch:
-                    current.set_attribute("parallax.outcome", "lost the race")
-                    continue  # someone else appended first: fold it and decide again
-                await self.sync()
-                state = self.board.tasks[task]
-                won = state.holder == self.worker and state.attempt == attempt
+                appended = await self.folded.decide_and_append(decide)
+                if appended is None:
+                    return None
+                won = appended.all_accepted
                 current.set_attributes(
-                    {"parallax.seq": ack.start.seq_num, "parallax.outcome": "won" if won else "refused"}
-                )
+                    {"parallax.task": chosen["task"], "parallax.seq": appended.start,
+                     "parallax.outcome": "won" if won else "refused"}
+                )  # fmt: skip
             if won:
-                return Claim(task, attempt, lease_until)
+                return Claim(chosen["task"], chosen["attempt"], chosen["lease_until"])
 
     async def report(self, kind: str, claim: Claim, **data: Any) -> bool:
         """Append an event about a task this worker holds; True if the fold accepted it (the
         worker still held a live lease)."""
         event = Event(kind, {"task": claim.task, "worker": self.worker, "attempt": claim.attempt, **data})
-        ack = await self.store.append(self.stream, AppendInput([_record(event)]))
-        await self.sync()
-        return self._mine.pop(ack.start.seq_num, False)
+        appended = await self.folded.append([event], conditional=False)
+        return appended is not None and appended.all_accepted
+
+    async def append(self, event: Event) -> bool:
+        """Append any task event (a requeue, a merge) wherever the tail is; whether it was accepted."""
+        appended = await self.folded.append([event], conditional=False)
+        return appended is not None and appended.all_accepted
 
     async def heartbeat(self, claim: Claim) -> Claim | None:
         """Renew the lease; None if it was already lost."""
@@ -110,8 +108,4 @@ class TaskClient:
         return None
 
     async def wait_for_change(self, timeout_s: float) -> None:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.store.wait_for_tail(self.stream, self.tail)
-        except TimeoutError:
-            pass
+        await self.folded.wait_for_change(timeout_s)

@@ -39,9 +39,10 @@ from parallax.core.tasks import (
     write_sets_overlap,
 )
 from parallax.core.template import render
-from parallax.engine.control import agent_stream
+from parallax.engine.control import agent_stream, control_stream
 from parallax.engine.taskboard import Claim, TaskClient
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record
 from parallax.workspaces import git
 from parallax.workspaces.sandbox import Sandbox
 from parallax.workspaces.workspace import HandoffConflict, Workspace, Workspaces
@@ -281,8 +282,7 @@ async def _requeue_readers(client: TaskClient, owner: TaskSpec, changed: tuple[s
             event = Event(
                 TASK_REQUEUED, {"task": spec.id, "reason": f"contract {', '.join(reads)} changed by {owner.id}"}
             )
-            headers, body = event.encode()
-            await client.store.append(client.stream, AppendInput([AppendRecord(body=body, headers=headers)]))
+            await client.append(event)
 
 
 def _ancestors(spec: TaskGraphSpec, task_id: str) -> set[str]:
@@ -342,9 +342,7 @@ async def integrate(store: StreamStore, run_id: str, spec: TaskGraphSpec, option
             )
             continue
         head = await git.head(path)
-        event = Event(TASK_MERGED, {"task": task_id, "commit": head})
-        headers, body = event.encode()
-        await store.append(client.stream, AppendInput([AppendRecord(body=body, headers=headers)]))
+        await client.append(Event(TASK_MERGED, {"task": task_id, "commit": head}))
         merged.append(task_id)
     verify = None
     if spec.verify:
@@ -409,11 +407,10 @@ async def decide_review(
     state = board.tasks[task_id]
     if state.status != "succeeded":
         raise UserError(f"task {task_id} is {state.status}, not waiting for review")
-    stream = f"runs/{run_id}/control"
+    stream = control_stream(run_id)
 
     async def append(event: Event) -> None:
-        headers, body = event.encode()
-        await store.append(stream, AppendInput([AppendRecord(body=body, headers=headers)]))
+        await store.append(stream, AppendInput([event_record(event)]))
 
     if not approve:
         await append(Event(TASK_REQUEUED, {"task": task_id, "reason": f"{by}: {note or 'rejected'}", "by": by}))

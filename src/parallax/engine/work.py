@@ -18,10 +18,11 @@ from parallax import telemetry
 from parallax.agents.base import AgentResult, BudgetView
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, SeqNumMismatch, StreamExists, StreamNotFound
-from parallax.core.events import Event, decode_event
+from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.work import Offer, WorkBoard, offer_id
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record, record_event
 
 if TYPE_CHECKING:
     from parallax.engine.runner import Runner
@@ -66,7 +67,7 @@ class WorkClient:
             except StreamNotFound:
                 return
             for record in records:
-                event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                event = record_event(record)
                 self._fold(event, record.seq_num)
             if records:
                 self._folded()
@@ -148,8 +149,7 @@ class WorkClient:
         the tail moved first (conditional appends only)."""
         records = []
         for event in events:
-            headers, body = event.encode()
-            records.append(AppendRecord(body=body, headers=headers))
+            records.append(event_record(event))
         async with self._lock:
             match = self.board.tail if conditional else None
             try:

@@ -35,7 +35,7 @@ from parallax.agents.base import AgentLog, BudgetView
 from parallax.agents.process import agent_environment
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, Fenced
-from parallax.core.events import Event, decode_event
+from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.state import RunState
 from parallax.core.work import Offer
@@ -46,7 +46,8 @@ from parallax.engine.lease import Lease, Leases
 from parallax.engine.runner import Runner, RunOptions
 from parallax.engine.work import RUNS_STREAM, RemoteExecutor, WorkClient, failure_result
 from parallax.settings import HooksConfig
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.streams.base import AppendInput, StreamStore
+from parallax.streams.folded import event_record, record_event
 
 log = logging.getLogger("parallax.worker")
 
@@ -57,8 +58,7 @@ def worker_name() -> str:
 
 async def announce(store: StreamStore, kind: str, run_id: str) -> None:
     """Append `run.submitted` or `run.closed` for `run_id` to `work/runs`."""
-    headers, body = Event(kind, {"run": run_id}).encode()
-    await store.append(RUNS_STREAM, AppendInput([AppendRecord(body=body, headers=headers)]))
+    await store.append(RUNS_STREAM, AppendInput([event_record(Event(kind, {"run": run_id}))]))
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Worker:
     async def _follow_runs_once(self) -> None:
         wanted = set(self.options.runs)
         async for record in self.store.tail(RUNS_STREAM, missing_ok=True):
-            event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+            event = record_event(record)
             if event is None:
                 continue
             run_id = str(event.data.get("run", ""))

@@ -26,7 +26,6 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
-from parallax.core.events import decode_event
 from parallax.core.plan import Plan
 from parallax.core.state import describe
 from parallax.engine import api, live, registry
@@ -36,6 +35,7 @@ from parallax.server.auth import Principal, Tokens
 from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
 from parallax.server.scheduler import Schedule, Scheduler
 from parallax.streams.base import Record, StreamStore
+from parallax.streams.folded import record_event
 from parallax.streams.url import open_store
 
 
@@ -349,7 +349,7 @@ def create_app(
                     yield b": keep-alive\n\n"
                     continue
                 if kind == "control":
-                    event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
+                    event = record_event(record)
                     if event is not None and event.step and event.type == "step.started":
                         agent = f"runs/{run_id}/agents/{event.step}"
                         if agent not in tails:

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from croniter import croniter
 
-from parallax.core.errors import SeqNumMismatch, StreamNotFound, UserError
-from parallax.core.events import Event, decode_event
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.core.errors import UserError
+from parallax.core.events import Event
+from parallax.streams.base import StreamStore
+from parallax.streams.folded import EVENTS, FoldedStream
 
 STREAM = "schedules"
 
@@ -54,57 +55,57 @@ def check_cron(cron: str) -> None:
 
 
 class Scheduler:
+    """The schedules, folded from the `schedules` stream (a `FoldedStream`): creating, deleting
+    and firing are decided on the fresh fold and appended at its tail."""
+
     def __init__(self, store: StreamStore, start_run: Callable[[Schedule, str], Awaitable[str]]) -> None:
         self.store = store
         self.start_run = start_run
         self.schedules: dict[str, Schedule] = {}
-        self.tail = 0
+        self.folded = FoldedStream(store, STREAM, self._apply, EVENTS)
         self.last_error: str | None = None
 
-    async def sync(self) -> None:
-        try:
-            records = await self.store.read_all(STREAM, self.tail)
-        except StreamNotFound:
-            return
-        for record in records:
-            self.tail = record.seq_num + 1
-            event = decode_event(record.headers, record.body, record.seq_num, record.timestamp)
-            if event is None:
-                continue
-            data = event.data
-            if event.type == "schedule.created":
-                self.schedules[data["id"]] = Schedule(
-                    data["id"], data["cron"], data.get("pattern"), data.get("target"), data.get("inputs", {}),
-                    data.get("missed", "skip"), record.timestamp,
-                )  # fmt: skip
-            elif event.type == "schedule.deleted":
-                self.schedules.pop(data["id"], None)
-            elif event.type == "schedule.fired" and data["id"] in self.schedules:
-                schedule = self.schedules[data["id"]]
-                schedule.last_due_ms = max(schedule.last_due_ms or 0, int(data["due_ms"]))
-                if data.get("run_id"):
-                    schedule.runs.append(data["run_id"])
+    @property
+    def tail(self) -> int:
+        return self.folded.tail
 
-    async def _append(self, event: Event, match: int | None = None) -> None:
-        headers, body = event.encode()
-        await self.store.append(STREAM, AppendInput([AppendRecord(body=body, headers=headers)], match_seq_num=match))
+    def _apply(self, event: Event) -> None:
+        data = event.data
+        if event.type == "schedule.created":
+            self.schedules[data["id"]] = Schedule(
+                data["id"], data["cron"], data.get("pattern"), data.get("target"), data.get("inputs", {}),
+                data.get("missed", "skip"), event.timestamp,
+            )  # fmt: skip
+        elif event.type == "schedule.deleted":
+            self.schedules.pop(data["id"], None)
+        elif event.type == "schedule.fired" and data["id"] in self.schedules:
+            schedule = self.schedules[data["id"]]
+            schedule.last_due_ms = max(schedule.last_due_ms or 0, int(data["due_ms"]))
+            if data.get("run_id"):
+                schedule.runs.append(data["run_id"])
+
+    async def sync(self) -> None:
+        await self.folded.sync()
 
     async def create(self, schedule_id: str, cron: str, missed: str, **run: Any) -> None:
         check_cron(cron)
         if missed not in ("skip", "once"):
             raise UserError("missed must be skip or once")
-        await self.sync()
-        if schedule_id in self.schedules:
-            raise UserError(f"schedule {schedule_id!r} exists")
-        await self._append(Event("schedule.created", {"id": schedule_id, "cron": cron, "missed": missed, **run}))
-        await self.sync()
+
+        def decide() -> list[Event]:
+            if schedule_id in self.schedules:
+                raise UserError(f"schedule {schedule_id!r} exists")
+            return [Event("schedule.created", {"id": schedule_id, "cron": cron, "missed": missed, **run})]
+
+        await self.folded.decide_and_append(decide)
 
     async def delete(self, schedule_id: str) -> None:
-        await self.sync()
-        if schedule_id not in self.schedules:
-            raise UserError(f"no schedule {schedule_id!r}")
-        await self._append(Event("schedule.deleted", {"id": schedule_id}))
-        await self.sync()
+        def decide() -> list[Event]:
+            if schedule_id not in self.schedules:
+                raise UserError(f"no schedule {schedule_id!r}")
+            return [Event("schedule.deleted", {"id": schedule_id})]
+
+        await self.folded.decide_and_append(decide)
 
     async def tick(self, now_ms: int | None = None) -> list[str]:
         """Fire what is due; returns the runs started."""
@@ -130,12 +131,8 @@ class Scheduler:
             run_id = f"{schedule.id}-{latest // 1000}"
             if run_it:
                 fire = Event("schedule.fired", {**fire.data, "run_id": run_id})
-            try:
-                await self._append(fire, match=self.tail)
-            except SeqNumMismatch:
-                await self.sync()  # another server moved first; look again next tick
-                continue
-            await self.sync()
+            if await self.folded.append([fire]) is None:
+                continue  # another server moved first (folded now); look again next tick
             if run_it:
                 started.append(await self.start_run(schedule, run_id))
         return started

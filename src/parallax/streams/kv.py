@@ -9,12 +9,16 @@ uses JetStream's own key-value buckets instead (`NatsStore.kv`).
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from parallax.core.errors import SeqNumMismatch, StreamError, StreamNotFound
-from parallax.streams.base import AppendInput, AppendRecord, StreamStore
+from parallax.core.errors import StreamError
+from parallax.streams.folded import FoldedStream
+from parallax.streams.records import AppendRecord, Record
+
+if TYPE_CHECKING:
+    from parallax.streams.base import StreamStore
 
 
 class KeyExists(StreamError):
@@ -63,59 +67,73 @@ class KeyValue(abc.ABC):
         """Every live entry whose key starts with `prefix`, in key order."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyWrite:
+    """One write of a stream-folded bucket: a put (value) or a delete (value None)."""
+
+    key: str
+    value: bytes | None
+    seq_num: int = -1
+
+
+class KeyWriteCodec:
+    """How a bucket's writes are recorded: `{"op": "put"|"del", "key": ..., "value": latin-1}`."""
+
+    def to_record(self, item: KeyWrite) -> AppendRecord:
+        body: dict[str, str] = {"op": "del", "key": item.key} if item.value is None else {"op": "put", "key": item.key}
+        if item.value is not None:
+            body["value"] = item.value.decode("latin-1")
+        return AppendRecord(json.dumps(body).encode())
+
+    def from_record(self, record: Record) -> KeyWrite | None:
+        try:
+            op = json.loads(record.body)
+        except ValueError:
+            return None
+        key = op.get("key") if isinstance(op, dict) else None
+        if not isinstance(key, str):
+            return None
+        value = None if op.get("op") == "del" else str(op.get("value", "")).encode("latin-1")
+        return KeyWrite(key, value, record.seq_num)
+
+    def at(self, item: KeyWrite, seq_num: int, timestamp: int) -> KeyWrite:
+        return KeyWrite(item.key, item.value, seq_num)
+
+
 class StreamKeyValue(KeyValue):
-    """A bucket folded from the stream `kv/<bucket>` of any store."""
+    """A bucket folded from the stream `kv/<bucket>` of any store (a `FoldedStream`: every
+    compare-and-swap is decided on the fresh fold and appended at its tail)."""
 
     def __init__(self, store: StreamStore, bucket: str) -> None:
         self.store = store
         self.stream = f"kv/{bucket}"
         self._entries: dict[str, Entry] = {}
-        self._tail = 0
-        self._lock = asyncio.Lock()
+        self._folded = FoldedStream(store, self.stream, self._apply, KeyWriteCodec())
 
-    async def _sync(self) -> None:
-        try:
-            records = await self.store.read_all(self.stream, self._tail)
-        except StreamNotFound:
-            return
-        for record in records:
-            self._tail = record.seq_num + 1
-            try:
-                op = json.loads(record.body)
-            except ValueError:
-                continue
-            key = op.get("key")
-            if not isinstance(key, str):
-                continue
-            if op.get("op") == "del":
-                self._entries.pop(key, None)
-            else:
-                self._entries[key] = Entry(key, str(op.get("value", "")).encode("latin-1"), record.seq_num + 1)
+    def _apply(self, write: KeyWrite) -> None:
+        if write.value is None:
+            self._entries.pop(write.key, None)
+        else:
+            self._entries[write.key] = Entry(write.key, write.value, write.seq_num + 1)
 
     async def _write(self, key: str, value: bytes | None, check: int | None) -> int:
         """Append the write at the folded tail if `check` holds (None: no check; 0: absent)."""
-        async with self._lock:
-            while True:
-                await self._sync()
-                current = self._entries.get(key)
-                if check == 0 and current is not None:
-                    raise KeyExists(key)
-                if check and (current is None or current.revision != check):
-                    raise RevisionMismatch(key, check, current.revision if current else 0)
-                body = {"op": "del", "key": key} if value is None else {"op": "put", "key": key}
-                if value is not None:
-                    body["value"] = value.decode("latin-1")
-                record = AppendRecord(json.dumps(body).encode())
-                try:
-                    ack = await self.store.append(self.stream, AppendInput([record], match_seq_num=self._tail))
-                except SeqNumMismatch:
-                    continue  # someone else wrote first: fold it and decide again
-                return ack.start.seq_num + 1
+
+        def decide() -> list[KeyWrite]:
+            current = self._entries.get(key)
+            if check == 0 and current is not None:
+                raise KeyExists(key)
+            if check and (current is None or current.revision != check):
+                raise RevisionMismatch(key, check, current.revision if current else 0)
+            return [KeyWrite(key, value)]
+
+        appended = await self._folded.decide_and_append(decide)
+        assert appended is not None  # decide always has a write to make
+        return appended.start + 1
 
     async def get(self, key: str) -> Entry | None:
-        async with self._lock:
-            await self._sync()
-            return self._entries.get(key)
+        await self._folded.sync()
+        return self._entries.get(key)
 
     async def create(self, key: str, value: bytes) -> int:
         return await self._write(key, value, 0)
@@ -132,6 +150,5 @@ class StreamKeyValue(KeyValue):
         await self._write(key, None, None)
 
     async def entries(self, prefix: str = "") -> list[Entry]:
-        async with self._lock:
-            await self._sync()
-            return [self._entries[k] for k in sorted(self._entries) if k.startswith(prefix)]
+        await self._folded.sync()
+        return [self._entries[k] for k in sorted(self._entries) if k.startswith(prefix)]
