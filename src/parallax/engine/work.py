@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from parallax import telemetry
 from parallax.agents.base import AgentResult, BudgetView
 from parallax.core import events as ev
-from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, SeqNumMismatch, StreamExists, StreamNotFound
+from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, StreamExists, StreamNotFound
 from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.work import Offer, WorkBoard, offer_id
-from parallax.streams.base import AppendInput, StreamStore
-from parallax.streams.folded import event_record, record_event
+from parallax.streams.base import StreamStore
+from parallax.streams.folded import EVENTS, FoldedStream
 
 if TYPE_CHECKING:
     from parallax.engine.runner import Runner
@@ -44,7 +44,7 @@ def now_ms() -> int:
 
 
 class WorkClient:
-    """One process's view of a run's work board."""
+    """One process's view of a run's work board (a `FoldedStream` over `runs/<run>/work`)."""
 
     def __init__(self, store: StreamStore, run_id: str, worker: str = "coordinator") -> None:
         self.store = store
@@ -52,41 +52,23 @@ class WorkClient:
         self.worker = worker
         self.stream = work_stream(run_id)
         self.board = WorkBoard()
-        self._accepted: dict[int, bool] = {}
+        self.folded = FoldedStream(store, self.stream, self._apply, EVENTS)
         self._waiters: dict[str, asyncio.Future[Offer]] = {}  # offer id -> resolved when it ends
         self._offers: list[tuple[Event, asyncio.Future[None]]] = []
         self._offering: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
-        self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
 
+    def _apply(self, event: Event) -> bool:
+        accepted = self.board.apply(event)
+        self.board.tail = event.seq_num + 1
+        if accepted and event.type in _ENDINGS:
+            waiter = self._waiters.pop(str(event.data.get("id")), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self.board.offers[str(event.data.get("id"))])
+        return accepted
+
     async def sync(self) -> None:
-        async with self._lock:
-            try:
-                records = await self.store.read_all(self.stream, self.board.tail)
-            except StreamNotFound:
-                return
-            for record in records:
-                event = record_event(record)
-                self._fold(event, record.seq_num)
-            if records:
-                self._folded()
-
-    def _fold(self, event: Event | None, seq_num: int) -> None:
-        if event is not None:
-            accepted = self._accepted[seq_num] = self.board.apply(event)
-            if accepted and event.type in _ENDINGS:
-                waiter = self._waiters.pop(str(event.data.get("id")), None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(self.board.offers[str(event.data.get("id"))])
-        self.board.tail = seq_num + 1
-
-    def _folded(self) -> None:
-        if len(self._accepted) > 4096:
-            floor = self.board.tail - 1024
-            self._accepted = {k: v for k, v in self._accepted.items() if k >= floor}
-        self._changed.set()
-        self._changed = asyncio.Event()
+        await self.folded.sync()
 
     def watch(self) -> None:
         """Fold new records as they are appended (by any process), in the background."""
@@ -96,7 +78,7 @@ class WorkClient:
     async def _watch(self) -> None:
         while True:
             try:
-                await self.store.wait_for_tail(self.stream, self.board.tail)
+                await self.store.wait_for_tail(self.stream, self.folded.tail)
                 # Let a burst of records (claims and results from every worker) land, then fold
                 # them in one read: every process watching a board reads once per burst, not
                 # once per record.
@@ -128,10 +110,10 @@ class WorkClient:
     @property
     def changed(self) -> asyncio.Event:
         """Set at the next fold that sees new records; take it *before* looking at the board."""
-        return self._changed
+        return self.folded.changed
 
     async def wait_for_change(self, seconds: float, changed: asyncio.Event | None = None) -> None:
-        changed = changed or self._changed
+        changed = changed or self.folded.changed
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
         # arrives as the event is set, leaving the caller running after it was cancelled.
         with contextlib.suppress(TimeoutError):
@@ -147,29 +129,8 @@ class WorkClient:
     async def append_all(self, events: list[Event], *, conditional: bool) -> list[bool] | None:
         """Append events in one atomic batch; which of them the fold accepted, or None if
         the tail moved first (conditional appends only)."""
-        records = []
-        for event in events:
-            records.append(event_record(event))
-        async with self._lock:
-            match = self.board.tail if conditional else None
-            try:
-                ack = await self.store.append(self.stream, AppendInput(records, match_seq_num=match))
-            except SeqNumMismatch:
-                ack = None
-            if ack is not None and conditional:
-                # Nothing came between our fold and our records: fold them here, no read needed.
-                for offset, event in enumerate(events):
-                    seq = ack.start.seq_num + offset
-                    positioned = Event(
-                        event.type, event.data, event.step, event.agent, event.idem, seq, ack.start.timestamp
-                    )
-                    self._fold(positioned, seq)
-                self._folded()
-                return [self._accepted[ack.start.seq_num + i] for i in range(len(events))]
-        await self.sync()
-        if ack is None:
-            return None
-        return [self._accepted.get(ack.start.seq_num + i, False) for i in range(len(events))]
+        appended = await self.folded.append(events, conditional=conditional)
+        return None if appended is None else list(appended.accepted)
 
     async def append_settled(self, event: Event) -> bool:
         """Append one event at the tail this client folded (re-folding and retrying when another
@@ -237,7 +198,7 @@ class WorkClient:
             with telemetry.span(
                 "parallax.claim",
                 {"parallax.offers": [o.id for o in candidates], "parallax.worker": self.worker,
-                 "parallax.stream": self.stream, "parallax.seq": self.board.tail},
+                 "parallax.stream": self.stream, "parallax.seq": self.folded.tail},
             ) as current:  # fmt: skip
                 accepted = await self.append_all(events, conditional=True)
                 current.set_attribute("parallax.won", sum(accepted) if accepted else 0)
