@@ -25,6 +25,7 @@ import click
 from parallax.cli.context import MAX_INT, FiniteFloat, run_with_store
 from parallax.core.errors import AgentFailed
 from parallax.core.expand import cohort_stream
+from parallax.core.runstreams import RunStreams
 from parallax.engine import live
 from parallax.engine.api import load_run
 from parallax.engine.cohorts import read_stream_events, transcript
@@ -234,8 +235,8 @@ async def _run_finished(store: StreamStore, run_id: str) -> None:
         state = await load_run(store, run_id)
         if state.finished:
             return
-        tail = (await store.check_tail(f"runs/{run_id}/control")).seq_num
-        await store.wait_for_tail(f"runs/{run_id}/control", tail)
+        tail = (await store.check_tail(RunStreams(run_id).control)).seq_num
+        await store.wait_for_tail(RunStreams(run_id).control, tail)
 
 
 async def _print_cohort(store: StreamStore, stream: str) -> None:
@@ -288,7 +289,7 @@ async def _agent_loop(
     name = f"external-{preset}-{secrets.token_hex(2)}"
     settings: dict[str, Any] = {"model": model} if model else {}
     agent = CliAgent(AgentSpec(kind="cli", preset=preset, settings=settings))
-    own = f"runs/{run_id}/agents/{name}"
+    own = RunStreams(run_id).agent(name)
     seen = 0
     finished = asyncio.create_task(_run_finished(store, run_id))
     try:

@@ -22,6 +22,7 @@ import click
 
 from parallax.cli.context import FiniteFloat, run_with_store
 from parallax.core.errors import UserError
+from parallax.core.runstreams import RunStreams
 from parallax.engine.tasks import TaskRunOptions, decide_review, run_worker, task_graph_of
 from parallax.streams.base import StreamStore
 from parallax.workspaces import git
@@ -126,7 +127,7 @@ async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
     from parallax.core.errors import StreamNotFound
 
     try:
-        records = await store.read_all(f"runs/{run_id}/agents/{task_id}")
+        records = await store.read_all(RunStreams(run_id).agent(task_id))
     except StreamNotFound:
         return "(no log)"
     for record in reversed(records):

@@ -32,6 +32,7 @@ from parallax.core.expansion import output_of, succeeded
 from parallax.core.expansion import text_of as text_of
 from parallax.core.moderation import moderate
 from parallax.core.plan import GateSpec, Step
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
 from parallax.core.template import lookup
 
@@ -365,7 +366,7 @@ def _escalate(step: Step, state: RunState) -> Expansion:
 
 
 def cohort_stream(run_id: str, cohort: str) -> str:
-    return f"runs/{run_id}/cohorts/{cohort}"
+    return RunStreams(run_id).cohort(cohort)
 
 
 _CONTROLLERS: dict[str, Callable[[Step, RunState], Expansion]] = {

@@ -29,6 +29,7 @@ from parallax.core.conflicts import Conflict
 from parallax.core.divergence import divergence
 from parallax.core.expansion import Expansion, make_step, output_of, succeeded, text_of
 from parallax.core.plan import Step
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
 
 
@@ -114,15 +115,15 @@ def moderate(step: Step, state: RunState) -> Expansion:
         steer = [*session["steer"].get(cohort, []), *session["steer"].get("all", [])]
         for role in session["members"][cohort]:
             template = _template(step, role)
-            reads = [f"runs/{{run}}/cohorts/{other}" for other in session["reads"].get(cohort, [])]
+            reads = [RunStreams.template().cohort(other) for other in session["reads"].get(cohort, [])]
             turns.append(
                 make_step(
                     template,
                     f"{cohort}.{role}.{nxt}",
                     (step.id,),
                     cohort=cohort,
-                    publish=f"runs/{{run}}/cohorts/{cohort}",
-                    reads=[*reads, f"runs/{{run}}/inbox/{cohort}", f"runs/{{run}}/inbox/{role}"],
+                    publish=RunStreams.template().cohort(cohort),
+                    reads=[*reads, RunStreams.template().inbox(cohort), RunStreams.template().inbox(role)],
                     input={
                         **_round_input(session, phases, nxt),
                         "steer": "\n".join(steer) or "(none)",

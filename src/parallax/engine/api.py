@@ -15,6 +15,7 @@ from parallax.core import events as ev
 from parallax.core.errors import RunNotFound, SeqNumMismatch, StreamNotFound, UserError
 from parallax.core.events import Event
 from parallax.core.plan import Plan
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, fold, remember_plan
 from parallax.engine.control import ControlLog, control_stream, read_events
 from parallax.engine.runner import Runner, RunOptions
@@ -108,13 +109,13 @@ async def fork_run(
     forked = new_run_id or f"{run_id.rsplit('-', 1)[0]}-fork-{secrets.token_hex(3)}"
     await store.fork(control_stream(run_id), control_stream(forked), at_seq)
     cut_ms = max((s.finished_at or s.started_at or 0) for s in prefix.steps.values()) if prefix.steps else 0
-    for info in await store.list(f"runs/{run_id}/agents/"):
+    for info in await store.list(RunStreams(run_id).agents):
         agent = info.name.rsplit("/", 1)[-1]
         if agent not in prefix.steps or prefix.steps[agent].status == "pending":
             continue
         records = await store.read_all(info.name)
         keep = sum(1 for r in records if r.timestamp <= cut_ms)
-        await store.fork(info.name, f"runs/{forked}/agents/{agent}", keep)
+        await store.fork(info.name, RunStreams(forked).agent(agent), keep)
     data: dict[str, object] = {"run_id": forked, "from_run": run_id, "at_seq": at_seq}
     if plan is not None:
         data["plan"] = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)

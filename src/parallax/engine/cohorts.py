@@ -15,6 +15,7 @@ from parallax.core.events import Event
 from parallax.core.expand import cohort_stream, text_of
 from parallax.core.grants import Grants
 from parallax.core.plan import Step
+from parallax.core.runstreams import RunStreams
 from parallax.streams.base import AppendInput, StreamStore
 from parallax.streams.folded import event_record, record_event
 
@@ -22,11 +23,11 @@ MESSAGE_CHARS = 4000  # of one message, in a transcript
 
 
 def inbox_stream(run_id: str, target: str) -> str:
-    return f"runs/{run_id}/inbox/{target}"
+    return RunStreams(run_id).inbox(target)
 
 
 def synthesis_stream(run_id: str) -> str:
-    return f"runs/{run_id}/synthesis"
+    return RunStreams(run_id).synthesis
 
 
 async def read_stream_events(store: StreamStore, stream: str) -> list[Event]:
@@ -56,8 +57,8 @@ async def stream_context(store: StreamStore, grants: Grants, run_id: str, step: 
     """`cohort` (name, transcript), `cohorts` (name -> transcript of every other cohort this
     step may read) and `inbox` (messages addressed to it), each read through `grants`."""
     context: dict[str, Any] = {}
-    cohorts_prefix = f"runs/{run_id}/cohorts/"
-    inbox_prefix = f"runs/{run_id}/inbox/"
+    cohorts_prefix = RunStreams(run_id).cohorts
+    inbox_prefix = RunStreams(run_id).inboxes
     if step.cohort:
         own = cohort_stream(run_id, step.cohort)
         grants.check_read(own)

@@ -26,6 +26,7 @@ import orjson
 from parallax.core import events as ev
 from parallax.core.errors import Fenced, FencingTokenMismatch
 from parallax.core.events import Event
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
 from parallax.engine.snapshots import SNAPSHOT_EVERY, dump_state, load_snapshot, write_snapshot
 from parallax.streams.base import MAX_BATCH_BYTES, AppendRecord, Record, StreamStore
@@ -58,11 +59,11 @@ async def resolved(store: StreamStore, event: Event) -> Event:
 
 
 def control_stream(run_id: str) -> str:
-    return f"runs/{run_id}/control"
+    return RunStreams(run_id).control
 
 
 def agent_stream(run_id: str, agent: str) -> str:
-    return f"runs/{run_id}/agents/{agent}"
+    return RunStreams(run_id).agent(agent)
 
 
 class ControlCodec:

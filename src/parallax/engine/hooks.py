@@ -28,6 +28,7 @@ from typing import Any
 
 from parallax.core import events as ev
 from parallax.core.events import Event
+from parallax.core.runstreams import RunStreams
 from parallax.core.tasks import TASK_FAILED, TASK_SUCCEEDED
 from parallax.settings import HooksConfig
 from parallax.streams.base import AppendInput, StreamStore
@@ -38,7 +39,7 @@ HOOK_FAILED = "hook.failed"
 
 
 def hooks_stream(run_id: str) -> str:
-    return f"runs/{run_id}/hooks"
+    return RunStreams(run_id).hooks
 
 
 class Hooks:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parallax.core.errors import BlobNotFound, ReadUnwritten, StreamNotFound
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
 from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, Record, SeqNum, StreamStore, TailOffset
 
@@ -29,7 +30,7 @@ FOLD_VERSION = 1  # bump when the fold's meaning changes: older snapshots are th
 
 
 def snapshot_stream(run_id: str) -> str:
-    return f"runs/{run_id}/snapshots"
+    return RunStreams(run_id).snapshots
 
 
 def record_digest(record: Record | AppendRecord) -> str:

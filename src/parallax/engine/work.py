@@ -20,6 +20,7 @@ from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, StreamExists, StreamNotFound
 from parallax.core.events import Event
 from parallax.core.plan import Step
+from parallax.core.runstreams import WORK_RUNS, RunStreams
 from parallax.core.work import Offer, WorkBoard, offer_id
 from parallax.streams.base import StreamStore
 from parallax.streams.folded import EVENTS, FoldedStream
@@ -27,7 +28,7 @@ from parallax.streams.folded import EVENTS, FoldedStream
 if TYPE_CHECKING:
     from parallax.engine.runner import Runner
 
-RUNS_STREAM = "work/runs"
+RUNS_STREAM = WORK_RUNS
 COALESCE_S = 0.05  # seconds a watcher waits after a wake-up before it reads (see _watch)
 log = logging.getLogger("parallax.work")
 
@@ -36,7 +37,7 @@ _ENDINGS = (ev.WORK_DONE, ev.WORK_FAILED, ev.WORK_WITHDRAWN)
 
 
 def work_stream(run_id: str) -> str:
-    return f"runs/{run_id}/work"
+    return RunStreams(run_id).work
 
 
 def now_ms() -> int:

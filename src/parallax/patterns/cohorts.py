@@ -11,6 +11,7 @@ from pydantic import JsonValue
 
 from parallax.core import actions
 from parallax.core.plan import ControlSpec, Step
+from parallax.core.runstreams import RunStreams
 from parallax.patterns.compile import Compiler
 
 COHORT_PROMPT = """{{input.question}}
@@ -77,6 +78,7 @@ def compile_cohorts(c: Compiler) -> list[Step]:
     first_phase = {"round": 1, "phase": phases[0]["name"], "phase_prompt": phases[0].get("prompt", "")}
     turns: list[Step] = []
     templates: list[dict[str, Any]] = []
+    names = RunStreams.template()
     for cohort, spec in data["cohorts"].items():
         for name, agent in spec["agents"].items():
             path = ("cohorts", cohort, "agents", name)
@@ -92,8 +94,12 @@ def compile_cohorts(c: Compiler) -> list[Step]:
                         **template.model_dump(mode="python", by_alias=True),
                         "id": f"{cohort}.{name}.1",
                         "cohort": cohort,
-                        "publish": f"runs/{{run}}/cohorts/{cohort}",
-                        "reads": (*template.reads, f"runs/{{run}}/inbox/{cohort}", f"runs/{{run}}/inbox/{name}"),
+                        "publish": names.cohort(cohort),
+                        "reads": (
+                            *template.reads,
+                            RunStreams.template().inbox(cohort),
+                            RunStreams.template().inbox(name),
+                        ),
                         "input": {**first_phase, "steer": "(none)", "brief": spec.get("brief", "")},
                     }
                 )

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
 from parallax.core.plan import Plan
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
@@ -277,8 +278,8 @@ def create_app(
 
     @app.get("/streams")
     async def streams(prefix: str = "", limit: int = 1000, who: Principal = Depends(principal)) -> list[dict[str, Any]]:
-        if not who.admin and not prefix.startswith(f"runs/{who.run}/"):
-            raise HTTPException(403, f"this token may list runs/{who.run}/ only")
+        if not who.admin and (who.run is None or not prefix.startswith(RunStreams(who.run).prefix)):
+            raise HTTPException(403, f"this token may list {RunStreams(who.run or '?').prefix} only")
         infos = await store().list(prefix, limit=min(max(limit, 1), 1000))
         return [{"name": i.name, "created_at": i.created_at} for i in infos]
 
@@ -351,7 +352,7 @@ def create_app(
                 if kind == "control":
                     event = record_event(record)
                     if event is not None and event.step and event.type == "step.started":
-                        agent = f"runs/{run_id}/agents/{event.step}"
+                        agent = RunStreams(run_id).agent(event.step)
                         if agent not in tails:
                             tails[agent] = asyncio.create_task(follow("agent", agent))
                 payload = {"stream": name, **_record_json(record)}

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from parallax.core.runstreams import RunStreams
 from parallax.project import ensure_folder
 
 PREFIX = "prx1"
@@ -32,7 +33,7 @@ class Principal:
         return self.admin or self.run == run_id
 
     def may_access_stream(self, stream: str) -> bool:
-        return self.admin or (self.run is not None and (stream.startswith(f"runs/{self.run}/")))
+        return self.admin or (self.run is not None and (stream.startswith(RunStreams(self.run).prefix)))
 
 
 def load_or_create_token(path: Path) -> str:

@@ -21,10 +21,11 @@ from croniter import croniter
 
 from parallax.core.errors import UserError
 from parallax.core.events import Event
+from parallax.core.runstreams import SCHEDULES
 from parallax.streams.base import StreamStore
 from parallax.streams.folded import EVENTS, FoldedStream
 
-STREAM = "schedules"
+STREAM = SCHEDULES
 
 
 @dataclass
