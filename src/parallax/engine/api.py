@@ -8,51 +8,32 @@ same run. Everything else is read back from that stream.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 
 from parallax.core import events as ev
-from parallax.core.errors import RunNotFound, SeqNumMismatch, StreamNotFound, UserError
+from parallax.core.errors import RunNotFound, StreamNotFound, UserError
 from parallax.core.events import Event
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
-from parallax.core.state import RunState, fold, remember_plan
+from parallax.core.state import RunState, fold
 from parallax.engine.control import ControlLog, control_stream, read_events
 from parallax.engine.runner import Runner, RunOptions
-from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, StreamStore, TailOffset
-from parallax.streams.folded import event_record, record_event
+from parallax.engine.runs import create_run, load_run, new_run_id, stored_record
+from parallax.streams.base import AppendInput, ReadLimit, StreamStore, TailOffset
+from parallax.streams.folded import record_event
 
-
-def new_run_id(name: str = "run") -> str:
-    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.lower())[:24].strip("-") or "run"
-    return f"{slug}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def _record(event: Event) -> AppendRecord:
-    try:
-        return event_record(event)
-    except TypeError as e:  # orjson: integers past 64 bits, non-string keys, ...
-        raise UserError(f"{event.type} cannot be stored: {e}") from None
-
-
-async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = None, source: str | None = None) -> str:
-    run_id = run_id or new_run_id(plan.name)
-    remember_plan(plan)
-    event = Event(
-        ev.RUN_CREATED,
-        {
-            "run_id": run_id,
-            # Defaults are left out (validation puts them back), which keeps large plans small.
-            "plan": plan.model_dump(mode="json", by_alias=True, exclude_defaults=True),
-            "plan_hash": plan.content_hash(),
-            "source": source,
-        },
-    )
-    try:
-        await store.append(control_stream(run_id), AppendInput([_record(event)], match_seq_num=0))
-    except SeqNumMismatch:
-        raise UserError(f"run {run_id!r} already exists") from None
-    return run_id
+__all__ = [
+    "RunSummary",
+    "create_run",
+    "decide_gate",
+    "fork_run",
+    "list_runs",
+    "load_run",
+    "new_run_id",
+    "request_cancel",
+    "resume_run",
+    "run_plan",
+]
 
 
 async def run_plan(
@@ -66,17 +47,6 @@ async def run_plan(
     """Create a run and execute it to the end."""
     run_id = await create_run(store, plan, run_id=run_id, source=source)
     return await Runner(store, run_id, options).run()
-
-
-async def load_run(store: StreamStore, run_id: str) -> RunState:
-    """The run's state: its control stream folded (from a verified snapshot when there is one)."""
-    try:
-        state = await ControlLog(store, run_id).load()
-    except StreamNotFound:
-        raise RunNotFound(run_id) from None
-    if state.plan is None:
-        raise RunNotFound(run_id)
-    return state
 
 
 async def resume_run(store: StreamStore, run_id: str, options: RunOptions | None = None) -> RunState:
@@ -120,7 +90,7 @@ async def fork_run(
     if plan is not None:
         data["plan"] = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         data["plan_hash"] = plan.content_hash()
-    await store.append(control_stream(forked), AppendInput([_record(Event(ev.RUN_FORKED, data))]))
+    await store.append(control_stream(forked), AppendInput([stored_record(Event(ev.RUN_FORKED, data))]))
     return forked
 
 
@@ -129,7 +99,7 @@ async def request_cancel(store: StreamStore, run_id: str, reason: str = "") -> N
     if state.finished:
         raise UserError(f"run {run_id} already finished ({state.status})")
     event = Event(ev.RUN_CANCEL_REQUESTED, {"reason": reason})
-    await store.append(control_stream(run_id), AppendInput([_record(event)]))
+    await store.append(control_stream(run_id), AppendInput([stored_record(event)]))
 
 
 async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: bool, by: str, note: str = "") -> None:

@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -23,20 +23,19 @@ from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput
 from parallax.core.expand import cohort_stream
 from parallax.core.grants import Grants
 from parallax.core.plan import Plan, Step
+from parallax.core.state import RunState
 from parallax.engine.control import agent_stream
 from parallax.streams.base import StreamStore
-
-if TYPE_CHECKING:
-    from parallax.engine.runner import Runner
 
 
 class Executor(Protocol):
     """Runs an agent attempt on the coordinator's behalf and returns its result, or raises
-    the AgentFailed the attempt ended with."""
+    the AgentFailed the attempt ended with. `state` is the run as the coordinator folds it
+    (live: it changes while the attempt runs)."""
 
     async def run(
         self,
-        runner: Runner,
+        state: RunState,
         step: Step,
         attempt: int,
         prompt: str | None,

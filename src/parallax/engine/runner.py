@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from parallax import telemetry
@@ -37,6 +33,7 @@ from parallax.core.errors import (
     InvalidOutput,
     LowConfidence,
     PlanError,
+    RunNotFound,
     TemplateError,
 )
 from parallax.core.events import Event
@@ -44,7 +41,7 @@ from parallax.core.grants import Grants
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState
 from parallax.core.template import render
-from parallax.engine.attempt import AttemptInput, Executor, grants_for, run_attempt
+from parallax.engine.attempt import AttemptInput, grants_for, run_attempt
 from parallax.engine.cohorts import find_published, publish, stream_context
 from parallax.engine.control import ControlLog, agent_stream
 from parallax.engine.dataplane import (
@@ -56,26 +53,12 @@ from parallax.engine.dataplane import (
     cache_key,
     check_budget,
 )
-from parallax.engine.expansion import run_control, run_subrun, run_tasks_step
-from parallax.engine.gates import run_gate
 from parallax.engine.hooks import Hooks
-from parallax.engine.merging import run_merge
-from parallax.settings import HooksConfig
+from parallax.engine.options import RunOptions as RunOptions
+from parallax.engine.runs import create_run, load_run
+from parallax.engine.steps import STEP_KINDS
 from parallax.streams.base import AppendInput, StreamStore
 from parallax.streams.folded import event_record
-
-
-@dataclass
-class RunOptions:
-    concurrency: int | None = None  # overrides the plan's cap
-    use_cache: bool = True
-    workdir: Path | None = None
-    parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
-    on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
-    executor: Executor | None = None  # runs agent attempts elsewhere (distributed mode); None: here
-    hooks: HooksConfig | None = None  # commands run on events (parallax.toml [hooks])
-    coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
-
 
 _UNLIMITED = BudgetView()
 
@@ -205,16 +188,8 @@ class Runner:
                 return
             if step.kind == "agent":
                 await self._agent_step(step)
-            elif step.kind == "merge":
-                await run_merge(self, step)
-            elif step.kind == "control":
-                await run_control(self.log, step)
-            elif step.kind == "subrun":
-                await run_subrun(self, step)
-            elif step.kind == "tasks":
-                await run_tasks_step(self, step)
             else:
-                await run_gate(self.log, step)
+                await STEP_KINDS[step.kind](self, step)
         except asyncio.CancelledError:
             return
         except Fenced as e:
@@ -337,6 +312,32 @@ class Runner:
 
     def context_for(self, step: Step) -> dict[str, Any]:
         return self._context(step)
+
+    # The step context (parallax.engine.steps.context.StepContext)
+
+    @property
+    def foreign(self) -> asyncio.Event:
+        return self.log.foreign
+
+    async def emit(self, *events: Event) -> None:
+        await self.log.emit(*events)
+
+    async def sync(self) -> list[Event]:
+        return await self.log.sync()
+
+    async def run_child(self, child_id: str, plan: Plan, source: str) -> RunState:
+        try:
+            await load_run(self.store, child_id)
+        except RunNotFound:
+            await create_run(self.store, plan, run_id=child_id, source=source)
+        options = RunOptions(
+            concurrency=self.options.concurrency,
+            use_cache=self.options.use_cache,
+            workdir=self.options.workdir,
+            parent_env=self.options.parent_env,
+            hooks=self.options.hooks,
+        )
+        return await Runner(self.store, child_id, options).run()
 
     def _grants(self, step: Step) -> Grants:
         return grants_for(self.run_id, step)
@@ -584,7 +585,7 @@ class Runner:
         budget: BudgetView,
     ) -> AgentResult:
         if self.options.executor is not None:  # another process runs it (distributed mode)
-            return await self.options.executor.run(self, step, attempt, prompt, agent_input, budget)
+            return await self.options.executor.run(self.state, step, attempt, prompt, agent_input, budget)
         assert step.agent is not None
         return await run_attempt(
             AttemptInput(self.run_id, self.plan, self.state.plan_hash, step, attempt, prompt, agent_input, budget),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from parallax import telemetry
 from parallax.agents.base import AgentResult, BudgetView
@@ -21,12 +21,10 @@ from parallax.core.errors import AgentFailed, AgentTimeout, InvalidOutput, Strea
 from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.runstreams import WORK_RUNS, RunStreams
+from parallax.core.state import RunState
 from parallax.core.work import Offer, WorkBoard, offer_id
 from parallax.streams.base import StreamStore
 from parallax.streams.folded import EVENTS, FoldedStream
-
-if TYPE_CHECKING:
-    from parallax.engine.runner import Runner
 
 RUNS_STREAM = WORK_RUNS
 COALESCE_S = 0.05  # seconds a watcher waits after a wake-up before it reads (see _watch)
@@ -262,7 +260,7 @@ class RemoteExecutor:
 
     async def run(
         self,
-        runner: Runner,
+        run: RunState,
         step: Step,
         attempt: int,
         prompt: str | None,
@@ -270,7 +268,7 @@ class RemoteExecutor:
         budget: BudgetView,
     ) -> AgentResult:
         await self._start()
-        state = runner.state.steps[step.id]
+        state = run.steps[step.id]
         id = offer_id(step.id, state.failures)
         if id not in self.client.board.offers:  # else: offered before a takeover; adopt it
             payload = {
@@ -291,7 +289,7 @@ class RemoteExecutor:
         except asyncio.CancelledError:
             # Withdraw only when the run itself is cancelled: a coordinator cancelled because it
             # lost its lease leaves the offer for the one that took over to adopt.
-            if runner.state.cancel_requested:
+            if run.cancel_requested:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.client.withdraw(id))
             raise

@@ -4,7 +4,7 @@ document with every conflict, in one atomic append."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -15,31 +15,29 @@ from parallax.core.events import Event
 from parallax.core.merge import PythonRule, count_votes, merge_contributions
 from parallax.core.plan import Step
 from parallax.core.state import describe_gap
-
-if TYPE_CHECKING:
-    from parallax.engine.runner import Runner
+from parallax.engine.steps.context import StepContext
 
 
-async def run_merge(runner: Runner, step: Step) -> None:
+async def run_merge(ctx: StepContext, step: Step) -> None:
     assert step.merge is not None
     spec = step.merge
     contributions: dict[str, Mapping[str, Any]] = {}
     gaps: dict[str, str] = {}
     for dep in step.after:
-        dep_state = runner.state.steps[dep]
+        dep_state = ctx.state.steps[dep]
         if dep_state.status == "succeeded":
             output = dep_state.output
             contributions[dep] = output if isinstance(output, Mapping) else {"value": output}
         else:
             gaps[dep] = describe_gap(dep_state)
     if spec.vote is not None:
-        confidences = {d: runner.state.steps[d].confidence for d in contributions}
+        confidences = {d: ctx.state.steps[d].confidence for d in contributions}
         voted = count_votes(
             contributions, confidences, gaps, spec.vote.field, weighted=spec.vote.weighted, step=step.id
         )
-        await record_merge(runner, step, voted.document, voted.conflicts, missing=sorted(gaps))
+        await record_merge(ctx, step, voted.document, voted.conflicts, missing=sorted(gaps))
         return
-    target = resolve_model(spec.target, runner.plan, runner.state.plan_hash) if spec.target else None
+    target = resolve_model(spec.target, ctx.plan, ctx.state.plan_hash) if spec.target else None
     rules: dict[str, PythonRule] = {}
     for rule in spec.rules:
         if rule.kind == "python" and rule.ref:
@@ -67,11 +65,11 @@ async def run_merge(runner: Runner, step: Step) -> None:
                     step=step.id,
                 )
             )
-    await record_merge(runner, step, document, conflicts, missing=sorted(gaps))
+    await record_merge(ctx, step, document, conflicts, missing=sorted(gaps))
 
 
 async def record_merge(
-    runner: Runner, step: Step, document: Any, conflicts: list[Conflict], missing: list[str] | None = None
+    ctx: StepContext, step: Step, document: Any, conflicts: list[Conflict], missing: list[str] | None = None
 ) -> None:
     """Record the merge: its conflicts, then its document; or, when fewer inputs contributed
     than the merge needs (`MergeSpec.min_contributions`, default all), its conflicts and a
@@ -87,7 +85,7 @@ async def record_merge(
             f" this merge needs {allowed} (set min_contributions to allow gaps)"
         )
         events.append(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
-        await runner.log.emit(*events)
+        await ctx.emit(*events)
         return
     events.append(
         Event(
@@ -99,4 +97,4 @@ async def record_merge(
             step=step.id,
         )
     )
-    await runner.log.emit(*events)  # one atomic append: a merge is recorded whole or not at all
+    await ctx.emit(*events)  # one atomic append: a merge is recorded whole or not at all

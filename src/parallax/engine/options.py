@@ -1,0 +1,25 @@
+"""How a run is executed, as every entry point hands it to the runner (and the runner to its
+step kinds and sub-runs)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from parallax.core.events import Event
+from parallax.engine.attempt import Executor
+from parallax.settings import HooksConfig
+
+
+@dataclass
+class RunOptions:
+    concurrency: int | None = None  # overrides the plan's cap
+    use_cache: bool = True
+    workdir: Path | None = None
+    parent_env: Mapping[str, str] | None = None  # where granted variables come from (default: os.environ)
+    on_event: Callable[[Event], None] | None = None  # sees each control event once it is durable
+    executor: Executor | None = None  # runs agent attempts elsewhere (distributed mode); None: here
+    hooks: HooksConfig | None = None  # commands run on events (parallax.toml [hooks])
+    coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
