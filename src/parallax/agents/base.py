@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from parallax.core import events as ev
+from parallax.core.errors import StreamNotFound
 from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.plan import AgentSpec
@@ -154,8 +155,6 @@ class AgentContext:
     async def read(self, stream: str, start: int = 0) -> list[Record]:
         """Every record of a granted stream from `start` (none if nobody has written it yet).
         Raises GrantDenied for a stream not granted."""
-        from parallax.core.errors import StreamNotFound
-
         self.grants.check_read(stream)
         try:
             return await self._store.read_all(stream, start)

@@ -24,7 +24,7 @@ from parallax.agents.base import AgentContext, AgentLog, BudgetView
 from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
-from parallax.core.errors import AgentFailed
+from parallax.core.errors import AgentFailed, UserError
 from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.tasks import (
@@ -33,6 +33,7 @@ from parallax.core.tasks import (
     TASK_REQUEUED,
     TASK_STARTED,
     TASK_SUCCEEDED,
+    TaskBoard,
     TaskGraphSpec,
     TaskSpec,
     in_write_set,
@@ -40,6 +41,7 @@ from parallax.core.tasks import (
 )
 from parallax.core.template import render
 from parallax.engine.control import agent_stream, control_stream
+from parallax.engine.runs import load_run
 from parallax.engine.taskboard import Claim, TaskClient
 from parallax.streams.base import AppendInput, StreamStore
 from parallax.streams.folded import event_record
@@ -381,10 +383,6 @@ def _dependency_order(spec: TaskGraphSpec) -> list[str]:
 
 async def task_graph_of(store: StreamStore, run_id: str) -> tuple[TaskGraphSpec, Any]:
     """The run's task graph and its board, folded from the log."""
-    from parallax.core.errors import UserError
-    from parallax.core.tasks import TaskBoard
-    from parallax.engine.api import load_run
-
     state = await load_run(store, run_id)
     assert state.plan is not None
     step = next((s for s in state.plan.steps if s.tasks is not None), None)
@@ -399,8 +397,6 @@ async def decide_review(
 ) -> str:
     """A person's decision on a finished task: approving merges it into the integration branch
     (`task.merged`); rejecting sends it back to the agent with the note (`task.requeued`)."""
-    from parallax.core.errors import UserError
-
     _, board = await task_graph_of(store, run_id)
     if task_id not in board.tasks:
         raise UserError(f"run {run_id} has no task {task_id!r}")

@@ -44,6 +44,7 @@ from parallax.engine.attempt import AttemptInput, run_attempt
 from parallax.engine.control import agent_stream
 from parallax.engine.lease import Lease, Leases
 from parallax.engine.runner import Runner, RunOptions
+from parallax.engine.tasks import TaskRunOptions, run_worker, task_graph_of
 from parallax.engine.work import RUNS_STREAM, RemoteExecutor, WorkClient, failure_result
 from parallax.settings import HooksConfig
 from parallax.streams.base import AppendInput, StreamStore
@@ -284,8 +285,6 @@ class Worker:
     async def _serve_tasks(self, run_id: str) -> None:
         """Claim tasks of the run's task graph once its tasks step has started (in this
         worker's working directory, which must be a clone of the repository at the same path)."""
-        from parallax.engine.tasks import TaskRunOptions, run_worker, task_graph_of
-
         while True:
             state = await load_run(self.store, run_id)
             assert state.plan is not None

@@ -25,13 +25,12 @@ from pydantic import ValidationError
 from parallax.agents.refs import module_name_for, resolve_ref
 from parallax.core.errors import PlanError
 from parallax.core.plan import Plan
+from parallax.patterns.yaml_loader import load_pattern
 
 
 def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
     inputs = dict(inputs or {})
     if target.endswith((".yaml", ".yml")):
-        from parallax.patterns.yaml_loader import load_pattern
-
         return load_pattern(target, inputs)
     ref = target
     if ":" not in target.rsplit("/", 1)[-1]:

@@ -32,10 +32,12 @@ from parallax.core.state import describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
+from parallax.patterns.load import load_target
+from parallax.patterns.yaml_loader import compile_pattern
 from parallax.server.auth import Principal, Tokens
 from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
 from parallax.server.scheduler import Schedule, Scheduler
-from parallax.streams.base import Record, StreamStore
+from parallax.streams.base import ReadLimit, Record, SeqNum, StreamStore
 from parallax.streams.folded import record_event
 from parallax.streams.url import open_store
 
@@ -109,9 +111,6 @@ async def compile_off_loop(
 ) -> Plan:  # fmt: skip
     """A YAML pattern (text) or a target (file.yaml, file.py:attr) compiled in a worker thread:
     parsing, imports and a target's plan function never run on the event loop."""
-    from parallax.patterns.load import load_target
-    from parallax.patterns.yaml_loader import compile_pattern
-
     if pattern is not None:
         return await asyncio.to_thread(compile_pattern, pattern, file, inputs, registry=registered)
     return await asyncio.to_thread(load_target, target or "", inputs)
@@ -289,8 +288,6 @@ def create_app(
     ) -> list[dict[str, Any]]:
         if not who.may_access_stream(name):
             raise HTTPException(403, f"this token may not read {name}")
-        from parallax.streams.base import ReadLimit, SeqNum
-
         batch = await store().read(name, SeqNum(max(start, 0)), limit=ReadLimit(count=min(max(limit, 1), 1000)))
         return [_record_json(r) for r in batch.records]
 

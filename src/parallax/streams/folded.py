@@ -26,16 +26,25 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from parallax.core.errors import SeqNumMismatch, StreamNotFound
 from parallax.core.events import Event, decode_event
-from parallax.streams.records import AppendInput, AppendRecord, Record
-
-if TYPE_CHECKING:
-    from parallax.streams.base import StreamStore
+from parallax.streams.records import AppendAck, AppendInput, AppendRecord, Record
 
 T = TypeVar("T")
+
+
+class Streams(Protocol):
+    """What a folded stream needs of a store (every `StreamStore` is one)."""
+
+    async def read_all(self, stream: str, start: int = 0) -> list[Record]: ...
+
+    async def append(self, stream: str, input: AppendInput) -> AppendAck: ...
+
+    async def fence(self, stream: str, token: str, *, fencing_token: str | None = None) -> AppendAck: ...
+
+    async def wait_for_tail(self, stream: str, beyond: int) -> int: ...
 
 
 class Codec(Protocol[T]):
@@ -100,7 +109,7 @@ class FoldedStream(Generic[T]):
 
     def __init__(
         self,
-        store: StreamStore,
+        store: Streams,
         stream: str,
         apply: Callable[[T], bool | None],
         codec: Codec[T],

@@ -11,14 +11,10 @@ from __future__ import annotations
 import abc
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from parallax.core.errors import StreamError
-from parallax.streams.folded import FoldedStream
+from parallax.streams.folded import FoldedStream, Streams
 from parallax.streams.records import AppendRecord, Record
-
-if TYPE_CHECKING:
-    from parallax.streams.base import StreamStore
 
 
 class KeyExists(StreamError):
@@ -104,7 +100,7 @@ class StreamKeyValue(KeyValue):
     """A bucket folded from the stream `kv/<bucket>` of any store (a `FoldedStream`: every
     compare-and-swap is decided on the fresh fold and appended at its tail)."""
 
-    def __init__(self, store: StreamStore, bucket: str) -> None:
+    def __init__(self, store: Streams, bucket: str) -> None:
         self.store = store
         self.stream = f"kv/{bucket}"
         self._entries: dict[str, Entry] = {}
