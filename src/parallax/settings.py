@@ -274,6 +274,7 @@ class Settings:
     presets: Mapping[str, PresetConfig] = field(default_factory=dict)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
+    server_token: str = field(default="", repr=False)  # PARALLAX_TOKEN, stripped ("" when unset)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -348,6 +349,7 @@ class Settings:
             presets=presets,
             hooks=hook_config,
             origins=origins,
+            server_token=env.get("PARALLAX_TOKEN", "").strip(),
         )
 
     def effective(self, cwd: Path | None = None) -> list[tuple[str, Any, str]]:

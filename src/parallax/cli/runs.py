@@ -27,13 +27,14 @@ from parallax.cli.context import MAX_INT, CliContext, fail, run_with_store
 from parallax.cli.lanes import LaneView
 from parallax.core import events as ev
 from parallax.core.errors import PlanError
-from parallax.core.plan import Budget, Plan
+from parallax.core.plan import Plan
 from parallax.core.state import RunState, describe
 from parallax.engine import api
 from parallax.engine.control import control_stream
 from parallax.engine.runner import Runner, RunOptions
+from parallax.launch import load_plan, run_options
 from parallax.patterns.load import load_target
-from parallax.settings import HOOK_EVENTS
+from parallax.settings import Settings
 from parallax.streams.base import StreamStore
 
 
@@ -130,8 +131,8 @@ def finish(console: Console, state: RunState, as_json: bool, output: str | None)
         print_summary(console, state)
         if output:
             console.print(f"result written to {output}")
-    if state.status != "succeeded":
-        raise SystemExit(1)
+    if state.finished and state.status != "succeeded":
+        raise SystemExit(1)  # a run handed over (--detach) and still going is not a failure
 
 
 async def wait_finished(store: StreamStore, run_id: str) -> RunState:
@@ -142,24 +143,13 @@ async def wait_finished(store: StreamStore, run_id: str) -> RunState:
     return await api.load_run(store, run_id)
 
 
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+
+
 def _options(ctx: click.Context, concurrency: int | None, no_cache: bool) -> RunOptions:
-    """Run options from the flags, then parallax.toml / PARALLAX_* (concurrency, hooks)."""
-    settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
-    hooks = settings.hooks if any(getattr(settings.hooks, name) for name in HOOK_EVENTS) else None
-    return RunOptions(
-        concurrency=concurrency or settings.concurrency, use_cache=not no_cache, workdir=Path.cwd(), hooks=hooks
-    )
-
-
-def with_default_budget(ctx: click.Context, plan: Plan) -> Plan:
-    """A plan that sets no budget gets the configured one (parallax.toml [budget], PARALLAX_MAX_*)."""
-    settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
-    if plan.budget.max_tokens is not None or plan.budget.max_cost_usd is not None:
-        return plan
-    if settings.max_tokens is None and settings.max_cost_usd is None:
-        return plan
-    budget = Budget(max_tokens=settings.max_tokens, max_cost_usd=settings.max_cost_usd)
-    return plan.model_copy(update={"budget": budget})
+    """Run options from the flags, then parallax.toml / PARALLAX_* (the one launch path)."""
+    return run_options(_settings(ctx), workdir=Path.cwd(), concurrency=concurrency, use_cache=not no_cache)
 
 
 @click.command()
@@ -193,7 +183,7 @@ def run(
     if detach and not submit:
         raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
     check_output(output)
-    plan = with_default_budget(ctx, load_target(target, parse_inputs(inputs, input_files)))
+    plan = load_plan(_settings(ctx), target=target, inputs=parse_inputs(inputs, input_files))
     console = Console(stderr=as_json)
 
     async def action(store: StreamStore) -> RunState:
@@ -269,7 +259,7 @@ def fork(
     as_json: bool,
 ) -> None:
     """Start a new run from the first SEQ control records of RUN_ID."""
-    plan: Plan | None = load_target(target) if target else None
+    plan: Plan | None = load_plan(_settings(ctx), target=target) if target else None
     console = Console(stderr=as_json or no_run)  # with --no-run, stdout is just the new run id
 
     async def action(store: StreamStore) -> RunState:

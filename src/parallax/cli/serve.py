@@ -11,14 +11,13 @@ Refusals happen before anything binds: one line, exit code 2.
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 import click
 
 from parallax.cli.context import CliContext, run_with_store
 from parallax.core.errors import UserError
-from parallax.engine.runner import RunOptions
+from parallax.launch import run_options
 from parallax.server.guard import DEFAULT_MAX_BODY
 from parallax.streams.base import StreamStore
 
@@ -57,7 +56,7 @@ def serve(ctx: click.Context, host: str, port: int, token_file: Path | None, max
     from parallax.settings import find_project_root
 
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
-    token = os.environ.get("PARALLAX_TOKEN", "").strip()
+    token = cli.settings.server_token
     if not _loopback(host) and not token:
         raise UserError(f"refusing to listen on {host} without PARALLAX_TOKEN: set a token to serve beyond loopback")
     if not _loopback(host) and len(token) < MIN_TOKEN_LENGTH:
@@ -70,7 +69,7 @@ def serve(ctx: click.Context, host: str, port: int, token_file: Path | None, max
         token = load_or_create_token(path)
         click.echo(f"token in {path} (mode 0600)", err=True)
     click.echo(f"dashboard: http://{host}:{port}/?token=<token>   API: http://{host}:{port}/docs", err=True)
-    app = create_app(cli.store_url, token, max_body=max_body, body_timeout_s=idle_timeout)
+    app = create_app(cli.store_url, token, max_body=max_body, body_timeout_s=idle_timeout, settings=cli.settings)
     uvicorn.run(
         app, host=host, port=port, log_level="warning", http=IdleTimeoutH11Protocol, ws="none",
         timeout_keep_alive=idle_timeout, h11_max_incomplete_event_size=16 * 1024,
@@ -84,8 +83,10 @@ def mcp(ctx: click.Context) -> None:
     `claude mcp add parallax -- parallax mcp`. Runs it starts execute in this process."""
     from parallax.server.mcp_tools import serve_stdio
 
+    settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+
     async def go(store: StreamStore) -> None:
-        await serve_stdio(store, RunOptions(workdir=Path.cwd()))
+        await serve_stdio(store, run_options(settings, workdir=Path.cwd()), settings)
 
     run_with_store(ctx, go)
 

@@ -177,13 +177,13 @@ def worker(
     if run_id is None:
         from parallax.cli.context import CliContext
         from parallax.engine.worker import Worker, WorkerOptions
-        from parallax.settings import HOOK_EVENTS
+        from parallax.launch import configured_hooks
 
-        hooks = ctx.find_object(CliContext).settings.hooks  # type: ignore[union-attr]
+        settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
         options = WorkerOptions(
             slots=slots, coordinate=not no_coordinate, lease_s=lease_s, claim_lease_s=attempt_lease_s,
             workdir=Path.cwd(), runs=only_runs, exit_when_idle=exit_when_idle,
-            hooks=hooks if any(getattr(hooks, name) for name in HOOK_EVENTS) else None,
+            hooks=configured_hooks(settings), concurrency=settings.concurrency,
         )  # fmt: skip
 
         async def serve(store: StreamStore) -> str:

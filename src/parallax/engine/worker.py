@@ -72,6 +72,7 @@ class WorkerOptions:
     parent_env: Mapping[str, str] | None = None
     runs: tuple[str, ...] = ()  # only these runs (default: every submitted run)
     hooks: HooksConfig | None = None  # as coordinator: parallax.toml [hooks]
+    concurrency: int | None = None  # as coordinator: parallax.toml [limits] concurrency
     tasks: bool = True  # also claim tasks of task graphs (the working directory is the repository)
     exit_when_idle: bool = False  # stop when the given runs are closed, or when nothing is open after work
 
@@ -326,7 +327,7 @@ class Worker:
         executor = RemoteExecutor(self.store, run_id, lease_s=self.options.claim_lease_s)
         options = RunOptions(
             coordinator=lease.token, executor=executor, workdir=self.options.workdir,
-            parent_env=self.options.parent_env, hooks=self.options.hooks,
+            parent_env=self.options.parent_env, hooks=self.options.hooks, concurrency=self.options.concurrency,
         )  # fmt: skip
         runner = Runner(self.store, run_id, options)
         task = asyncio.create_task(runner.run(), name=f"coordinate:{run_id}")

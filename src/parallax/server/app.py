@@ -31,12 +31,12 @@ from parallax.core.runstreams import RunStreams
 from parallax.core.state import describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
-from parallax.engine.runner import Runner, RunOptions
-from parallax.patterns.load import load_target
-from parallax.patterns.yaml_loader import compile_pattern
+from parallax.engine.runner import Runner
+from parallax.launch import load_plan, run_options
 from parallax.server.auth import Principal, Tokens
 from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
 from parallax.server.scheduler import Schedule, Scheduler
+from parallax.settings import Settings
 from parallax.streams.base import ReadLimit, Record, SeqNum, StreamStore
 from parallax.streams.folded import record_event
 from parallax.streams.url import open_store
@@ -106,14 +106,16 @@ class ScheduleRequest(BaseModel):
 
 
 async def compile_off_loop(
-    pattern: str | None, target: str | None, file: str, inputs: dict[str, Any],
+    settings: Settings, pattern: str | None, target: str | None, file: str, inputs: dict[str, Any],
     registered: list[dict[str, Any]] | None = None,
 ) -> Plan:  # fmt: skip
-    """A YAML pattern (text) or a target (file.yaml, file.py:attr) compiled in a worker thread:
-    parsing, imports and a target's plan function never run on the event loop."""
-    if pattern is not None:
-        return await asyncio.to_thread(compile_pattern, pattern, file, inputs, registry=registered)
-    return await asyncio.to_thread(load_target, target or "", inputs)
+    """A YAML pattern (text) or a target (file.yaml, file.py:attr) compiled in a worker thread,
+    with the settings applied (the one launch path): parsing, imports and a target's plan
+    function never run on the event loop."""
+    return await asyncio.to_thread(
+        load_plan, settings, target=target if pattern is None else None, pattern=pattern, inputs=inputs,
+        source=file, registry=registered,
+    )  # fmt: skip
 
 
 def create_app(
@@ -122,9 +124,11 @@ def create_app(
     schedule_interval_s: float = 0.5,
     max_body: int = DEFAULT_MAX_BODY,
     body_timeout_s: float = 10.0,
+    settings: Settings | None = None,
 ) -> FastAPI:
     """The app; `max_body` caps request bodies (bytes), `body_timeout_s` the wait between two
     chunks of one (see parallax.server.guard)."""
+    settings = settings or Settings()  # parallax.toml / PARALLAX_*: budget, concurrency, hooks of every run
     tokens = Tokens(admin_token)
     metrics = Metrics()
     running: dict[str, asyncio.Task[Any]] = {}
@@ -133,7 +137,7 @@ def create_app(
 
     async def start_scheduled(schedule: Schedule, run_id: str) -> str:
         pattern = schedule.pattern or None
-        plan = await compile_off_loop(pattern, schedule.target, f"<schedule {schedule.id}>", schedule.inputs)
+        plan = await compile_off_loop(settings, pattern, schedule.target, f"<schedule {schedule.id}>", schedule.inputs)
         with contextlib.suppress(UserError):  # created before a crash: run (resume) it
             await api.create_run(store(), plan, run_id=run_id, source=f"schedule {schedule.id}")
         start(run_id)
@@ -187,7 +191,7 @@ def create_app(
     def start(run_id: str) -> None:
         async def go() -> None:
             try:
-                await Runner(store(), run_id, RunOptions()).run()
+                await Runner(store(), run_id, run_options(settings)).run()
             finally:
                 running.pop(run_id, None)
 
@@ -214,7 +218,7 @@ def create_app(
         if (body.pattern is None) == (body.target is None):
             raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
         snapshot = registry.live_snapshot(await registry.load_registry(store())) if body.pattern else None
-        plan = await compile_off_loop(body.pattern or None, body.target, "<request>", body.inputs, snapshot)
+        plan = await compile_off_loop(settings, body.pattern or None, body.target, "<request>", body.inputs, snapshot)
         run_id = await api.create_run(store(), plan, run_id=body.run_id, source=body.target or "api")
         start(run_id)
         return {"run_id": run_id}
@@ -393,7 +397,7 @@ def create_app(
         if (body.pattern is None) == (body.target is None):
             raise HTTPException(422, "give exactly one of `pattern` (YAML text) or `target`")
         if body.pattern is not None:  # refuse a bad pattern now
-            await compile_off_loop(body.pattern, None, f"<schedule {body.id}>", body.inputs)
+            await compile_off_loop(settings, body.pattern, None, f"<schedule {body.id}>", body.inputs)
         run = {"pattern": body.pattern, "target": body.target, "inputs": body.inputs}
         await schedulers["main"].create(body.id, body.cron, body.missed, **run)
         return {"id": body.id}

@@ -24,8 +24,8 @@ from parallax.core.errors import ParallaxError, UserError
 from parallax.core.state import RunState, describe
 from parallax.engine import api, live
 from parallax.engine.runner import Runner, RunOptions
-from parallax.patterns.load import load_target
-from parallax.patterns.yaml_loader import compile_pattern
+from parallax.launch import load_plan, run_options
+from parallax.settings import Settings
 from parallax.streams.base import ReadLimit, SeqNum, StreamStore
 
 INSTRUCTIONS = """Parallax runs AI agents in parallel and records everything on durable streams.
@@ -40,9 +40,10 @@ DEFAULT_PERSPECTIVES = ("skeptic", "pragmatist", "expert")
 class ParallaxTools:
     """The state behind the tools: the store, and the runs this process is executing."""
 
-    def __init__(self, store: StreamStore, options: RunOptions | None = None) -> None:
+    def __init__(self, store: StreamStore, options: RunOptions | None = None, settings: Settings | None = None) -> None:
         self.store = store
-        self.options = options or RunOptions()
+        self.settings = settings or Settings()
+        self.options = options or run_options(self.settings)
         self.running: dict[str, asyncio.Task[RunState]] = {}
 
     def _start(self, run_id: str) -> None:
@@ -52,7 +53,7 @@ class ParallaxTools:
     async def start_run(
         self, target: str, inputs: dict[str, Any] | None = None, run_id: str | None = None
     ) -> dict[str, Any]:
-        plan = await asyncio.to_thread(load_target, target, inputs or {})  # never on the event loop
+        plan = await asyncio.to_thread(lambda: load_plan(self.settings, target=target, inputs=inputs))  # off the loop
         new_id = await api.create_run(self.store, plan, run_id=run_id, source=target)
         self._start(new_id)
         return {"run_id": new_id, "plan": plan.name, "steps": [s.id for s in plan.steps]}
@@ -63,7 +64,9 @@ class ParallaxTools:
         names = perspectives or list(DEFAULT_PERSPECTIVES)
         agents = {name: {"prompt": f"Answer as a {name}. Question: {{{{input.question}}}}"} for name in names}
         text = json.dumps({"pattern": "fanout", "name": "ask", "model": model, "agents": agents})
-        plan = await asyncio.to_thread(compile_pattern, text, "<ask_agents>", {"question": question})
+        plan = await asyncio.to_thread(
+            lambda: load_plan(self.settings, pattern=text, inputs={"question": question}, source="<ask_agents>")
+        )
         new_id = await api.create_run(self.store, plan, run_id=run_id, source="mcp:ask_agents")
         self._start(new_id)
         return {"run_id": new_id, "agents": names}
@@ -183,8 +186,8 @@ def build_server(tools: ParallaxTools) -> MCPServer:
     return server
 
 
-async def serve_stdio(store: StreamStore, options: RunOptions | None = None) -> None:
-    tools = ParallaxTools(store, options)
+async def serve_stdio(store: StreamStore, options: RunOptions | None = None, settings: Settings | None = None) -> None:
+    tools = ParallaxTools(store, options, settings)
     try:
         await build_server(tools).run_stdio_async()
     finally:

@@ -76,7 +76,7 @@ from parallax.streams.nats_codec import (
     parse_nats_url,
     stream_hash,
 )
-from parallax.streams.nats_connection import NatsConnection
+from parallax.streams.nats_connection import NatsConnection, keep_cancellation
 from parallax.streams.nats_fork import fork_stream
 
 _WRONG_LAST_SEQUENCE = 10071
@@ -439,7 +439,7 @@ class NatsStore(StreamStore):
             await nc.publish(f"$JS.API.DIRECT.GET.{self.js_name(stream)}", json.dumps(request).encode(), reply=inbox)
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=self.timeout)
+                    msg = await keep_cancellation(sub.next_msg(timeout=self.timeout))
                 except NatsTimeout as e:
                     raise NatsStoreError(f"NATS at {self.url} did not answer a read of {stream!r} in time") from e
                 headers = msg.headers or {}

@@ -6,11 +6,10 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoRespondersError
@@ -18,6 +17,40 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 
 from parallax.streams.nats_codec import NatsStoreError
+
+T = TypeVar("T")
+
+
+async def keep_cancellation(awaitable: Awaitable[T]) -> T:
+    """`await awaitable`, raising CancelledError if the task was cancelled meanwhile and the
+    awaitable returned anyway. nats-py waits for answers with asyncio.wait_for, which on Python
+    3.11 returns the answer instead of raising when a cancellation arrives together with it
+    (python/cpython#86296): the task would run on as if it had never been cancelled, and whoever
+    cancelled it and waits for it to end (a worker shutting down, a work board's watcher being
+    closed) would wait forever. On a loaded machine the two arrive together often."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await awaitable
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
+
+
+class _Client(NatsClient):
+    """nats-py's client, whose requests (its JetStream and key-value calls included) keep the
+    cancellations they would swallow."""
+
+    async def request(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float = 0.5,  # noqa: ASYNC109 - nats-py's signature, overridden
+        old_style: bool = False,
+        headers: dict[str, Any] | None = None,
+    ) -> Msg:
+        return await keep_cancellation(
+            super().request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
+        )
 
 
 @dataclass
@@ -63,19 +96,21 @@ class NatsConnection:
             return self._nc, self._js
 
     async def _connect(self) -> NatsClient:
-        return await nats.connect(
-            servers=self.servers,
-            connect_timeout=self.connect_timeout,
-            drain_timeout=2,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            allow_reconnect=True,
-            user_credentials=self.credentials,
-            error_cb=_ignore_error,
-            disconnected_cb=_noop,
-            reconnected_cb=_noop,
-            closed_cb=_noop,
-        )
+        options: dict[str, Any] = {  # nats.connect's options (its types say int where it takes float)
+            "connect_timeout": self.connect_timeout,
+            "drain_timeout": 2,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25,
+            "allow_reconnect": True,
+            "user_credentials": self.credentials,
+            "error_cb": _ignore_error,
+            "disconnected_cb": _noop,
+            "reconnected_cb": _noop,
+            "closed_cb": _noop,
+        }
+        client = _Client()  # what nats.connect does, with the client that keeps cancellations
+        await client.connect(servers=self.servers, **options)
+        return client
 
     async def close(self) -> None:
         self.closed = True
