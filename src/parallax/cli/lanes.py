@@ -7,10 +7,9 @@ terminal it redraws in place (rich Live); otherwise it prints one line per event
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,10 +19,10 @@ from rich.text import Text
 
 from parallax.core import events as ev
 from parallax.core.events import Event
+from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
-from parallax.engine.control import agent_stream, control_stream
+from parallax.engine.follow import follow_run
 from parallax.streams.base import StreamStore
-from parallax.streams.folded import record_event
 
 STATUS_STYLE = {
     "pending": "dim",
@@ -43,7 +42,6 @@ class Lane:
     started_monotonic: float | None = None
     finished_monotonic: float | None = None
     note: str = ""
-    follow: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class LaneView:
@@ -61,19 +59,15 @@ class LaneView:
             lane = self.lanes[step] = Lane(step)
         return lane
 
-    async def _follow_agent(self, lane: Lane) -> None:
-        async for record in self.store.tail(agent_stream(self.run_id, lane.step), missing_ok=True):
-            event = record_event(record)
-            if event is None:
-                continue
-            if event.type == ev.AGENT_CHUNK:
-                lane.chunks += 1
-                text = (lane.last_text + str(event.data.get("text", ""))).replace("\n", " ")
-                lane.last_text = text[-160:]
-                if not self.live and lane.chunks % 20 == 1:
-                    self.console.print(f"[dim]{lane.step:>14}[/] … {escape(lane.last_text[-70:])}", highlight=False)
-            elif event.type == ev.AGENT_TOOL_CALL:
-                lane.note = f"tool {event.data.get('tool')}"
+    def _on_agent_event(self, lane: Lane, event: Event) -> None:
+        if event.type == ev.AGENT_CHUNK:
+            lane.chunks += 1
+            text = (lane.last_text + str(event.data.get("text", ""))).replace("\n", " ")
+            lane.last_text = text[-160:]
+            if not self.live and lane.chunks % 20 == 1:
+                self.console.print(f"[dim]{lane.step:>14}[/] … {escape(lane.last_text[-70:])}", highlight=False)
+        elif event.type == ev.AGENT_TOOL_CALL:
+            lane.note = f"tool {event.data.get('tool')}"
 
     def _on_event(self, event: Event) -> None:
         self.state.apply(event)
@@ -90,8 +84,6 @@ class LaneView:
         if event.type == ev.STEP_STARTED:
             lane.started_monotonic = lane.started_monotonic or now
             lane.finished_monotonic = None
-            if lane.follow is None and event.data.get("kind") != "merge":
-                lane.follow = asyncio.create_task(self._follow_agent(lane))
         elif event.type in (ev.STEP_OUTPUT, ev.STEP_SKIPPED) or (
             event.type == ev.STEP_FAILED and event.data.get("final", True)
         ):
@@ -175,20 +167,16 @@ class LaneView:
         try:
             if live is not None:
                 live.start()
-            async for record in self.store.tail(control_stream(self.run_id), missing_ok=True):
-                event = record_event(record)
-                if event is None:
-                    continue
-                self._on_event(event)
+            agents = RunStreams(self.run_id).agents
+            async for followed in follow_run(self.store, self.run_id):
+                event = followed.event
+                if followed.kind == "agent":
+                    self._on_agent_event(self._lane(followed.stream.removeprefix(agents)), event)
+                else:
+                    self._on_event(event)
                 if live is not None:
                     live.update(self.render())
-                if event.type == ev.RUN_FINISHED:
-                    break
         finally:
-            for lane in self.lanes.values():
-                if lane.follow is not None:
-                    lane.follow.cancel()
-            await asyncio.gather(*(lane.follow for lane in self.lanes.values() if lane.follow), return_exceptions=True)
             if live is not None:
                 with contextlib.suppress(Exception):
                     live.update(self.render())

@@ -27,8 +27,8 @@ from parallax.core.errors import AgentFailed
 from parallax.core.expand import cohort_stream
 from parallax.core.runstreams import RunStreams
 from parallax.engine import live
-from parallax.engine.api import load_run
 from parallax.engine.cohorts import read_stream_events, transcript
+from parallax.engine.follow import wait_finished
 from parallax.streams.base import StreamStore
 from parallax.streams.folded import record_event
 
@@ -230,15 +230,6 @@ def join(
     run_with_store(ctx, go, create=False)
 
 
-async def _run_finished(store: StreamStore, run_id: str) -> None:
-    while True:
-        state = await load_run(store, run_id)
-        if state.finished:
-            return
-        tail = (await store.check_tail(RunStreams(run_id).control)).seq_num
-        await store.wait_for_tail(RunStreams(run_id).control, tail)
-
-
 async def _print_cohort(store: StreamStore, stream: str) -> None:
     async for record in store.tail(stream, 0, missing_ok=True):
         event = record_event(record)
@@ -261,7 +252,7 @@ async def _human_loop(store: StreamStore, run_id: str, cohort: str, who: str) ->
 
     printer = asyncio.create_task(_print_cohort(store, stream))
     typist = asyncio.create_task(typing())
-    finished = asyncio.create_task(_run_finished(store, run_id))
+    finished = asyncio.create_task(wait_finished(store, run_id))
     try:
         await asyncio.wait({typist, finished}, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.sleep(0.2)  # let the printer show what just arrived
@@ -291,7 +282,7 @@ async def _agent_loop(
     agent = CliAgent(AgentSpec(kind="cli", preset=preset, settings=settings))
     own = RunStreams(run_id).agent(name)
     seen = 0
-    finished = asyncio.create_task(_run_finished(store, run_id))
+    finished = asyncio.create_task(wait_finished(store, run_id))
     try:
         for turn in range(1, turns + 1):
             while True:  # wait for something new from someone else

@@ -25,12 +25,11 @@ from rich.markup import escape
 
 from parallax.cli.context import MAX_INT, CliContext, fail, run_with_store
 from parallax.cli.lanes import LaneView
-from parallax.core import events as ev
 from parallax.core.errors import PlanError
 from parallax.core.plan import Plan
 from parallax.core.state import RunState, describe
 from parallax.engine import api
-from parallax.engine.control import control_stream
+from parallax.engine.follow import wait_finished
 from parallax.engine.runner import Runner, RunOptions
 from parallax.launch import load_plan, run_options
 from parallax.patterns.load import load_target
@@ -133,14 +132,6 @@ def finish(console: Console, state: RunState, as_json: bool, output: str | None)
             console.print(f"result written to {output}")
     if state.finished and state.status != "succeeded":
         raise SystemExit(1)  # a run handed over (--detach) and still going is not a failure
-
-
-async def wait_finished(store: StreamStore, run_id: str) -> RunState:
-    """Follow a run coordinated elsewhere until its run.finished is on the log."""
-    async for record in store.tail(control_stream(run_id)):
-        if record.header(b"type") == ev.RUN_FINISHED.encode():
-            break
-    return await api.load_run(store, run_id)
 
 
 def _settings(ctx: click.Context) -> Settings:

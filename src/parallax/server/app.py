@@ -31,6 +31,7 @@ from parallax.core.runstreams import RunStreams
 from parallax.core.state import describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
+from parallax.engine.follow import Followed, follow_run
 from parallax.engine.runner import Runner
 from parallax.launch import load_plan, run_options
 from parallax.server.auth import Principal, Tokens
@@ -38,7 +39,6 @@ from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
 from parallax.server.scheduler import Schedule, Scheduler
 from parallax.settings import Settings
 from parallax.streams.base import ReadLimit, Record, SeqNum, StreamStore
-from parallax.streams.folded import record_event
 from parallax.streams.url import open_store
 
 
@@ -333,37 +333,36 @@ def create_app(
         return StreamingResponse(_multiplex(run_id, request), media_type="text/event-stream")
 
     async def _multiplex(run_id: str, request: Request) -> AsyncIterator[bytes]:
-        queue: asyncio.Queue[tuple[str, str, Record]] = asyncio.Queue(maxsize=10_000)
-        tails: dict[str, asyncio.Task[None]] = {}
+        """The run's control records and, as steps start, their agents' records (follow_run),
+        with keep-alives while nothing happens; until the client leaves."""
+        queue: asyncio.Queue[Followed | None] = asyncio.Queue(maxsize=10_000)
 
-        async def follow(kind: str, name: str) -> None:
-            async for record in store().tail(name, 0, missing_ok=True):
-                await queue.put((kind, name, record))
+        async def pump() -> None:
+            try:
+                async for item in follow_run(store(), run_id, until_finished=False):
+                    await queue.put(item)
+            finally:
+                await queue.put(None)
 
-        tails[control_stream(run_id)] = asyncio.create_task(follow("control", control_stream(run_id)))
+        pumping = asyncio.create_task(pump())
         metrics.sse_clients += 1
         try:
             yield b"retry: 1000\n\n"
             while not await request.is_disconnected():
                 try:
-                    kind, name, record = await asyncio.wait_for(queue.get(), timeout=15)
+                    item = await asyncio.wait_for(queue.get(), timeout=15)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if kind == "control":
-                    event = record_event(record)
-                    if event is not None and event.step and event.type == "step.started":
-                        agent = RunStreams(run_id).agent(event.step)
-                        if agent not in tails:
-                            tails[agent] = asyncio.create_task(follow("agent", agent))
-                payload = {"stream": name, **_record_json(record)}
+                if item is None:
+                    return
+                payload = {"stream": item.stream, **_record_json(item.record)}
                 metrics.sse_events += 1
-                yield f"event: {kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+                yield f"event: {item.kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
         finally:
             metrics.sse_clients -= 1
-            for task in tails.values():
-                task.cancel()
-            await asyncio.gather(*tails.values(), return_exceptions=True)
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
 
     @app.post("/registry/agents", status_code=201)
     async def register_agent(body: RegisterRequest, who: Principal = Depends(admin)) -> dict[str, str]:

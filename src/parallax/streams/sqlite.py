@@ -242,12 +242,18 @@ class _TailWatch:
         conn = self.store.connect(readonly=True)
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
+            # Look once right away: a commit made after a waiter read its tail but before this
+            # poller took its baseline version would otherwise never be seen (a lost wake-up
+            # that hung a follower until the stream's next commit; at a run's end there is none).
+            scan = True
             while self.waiters:
-                await asyncio.sleep(POLL_INTERVAL_S)
-                now = conn.execute("PRAGMA data_version").fetchone()[0]
-                if now == version:
-                    continue
-                version = now
+                if not scan:
+                    await asyncio.sleep(POLL_INTERVAL_S)
+                    now = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if now == version:
+                        continue
+                    version = now
+                scan = False
                 names = [name for name, n in self.waiters.items() if n > 0]
                 found: dict[str, int] = {}
                 for i in range(0, len(names), 500):
