@@ -6,13 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from parallax.cli import cli
+from tests.processes import reap
+from tests.waiting import wait_until
 
 TARGET = """
 from parallax.core.plan import AgentSpec, GateSpec, MergeSpec, Plan, Step
@@ -107,17 +108,17 @@ def test_approve_from_another_process_then_fork(env: Path) -> None:
         env=os.environ.copy(),
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def waiting() -> bool:
             out = px("inspect", "gated", "--json")
-            if out.exit_code == 0 and any(s["status"] == "waiting" for s in json.loads(out.output)["steps"]):
-                break
-            time.sleep(0.05)
+            return out.exit_code == 0 and any(s["status"] == "waiting" for s in json.loads(out.output)["steps"])
+
+        wait_until(waiting, timeout=120, what="the gate to wait for a person")
         approved = px("approve", "gated", "review", "--note", "looks right", "--by", "ana")
         assert approved.exit_code == 0, approved.output
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        reap(proc)
     assert proc.returncode == 0, stderr
     state = json.loads(px("inspect", "gated", "--json").output)
     assert state["status"] == "succeeded"

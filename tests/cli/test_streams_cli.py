@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from parallax.cli import cli
+from tests.processes import read_line, stop
 
 
 @pytest.fixture
@@ -135,16 +135,13 @@ def test_tail_follows_appends_from_another_process(tmp_path: Path) -> None:
     subprocess.run([*exe, "streams", "create", "s"], env=env, check=True, capture_output=True)
     follower = subprocess.Popen([*exe, "streams", "tail", "s", "--json"], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
-        for i in range(3):
+        assert follower.stdout is not None
+        got = []
+        for i in range(3):  # each record appended once the follower has shown the one before: it follows
             subprocess.run(
                 [*exe, "streams", "append", "s"], env=env, input=f"m{i}\n", text=True, check=True, capture_output=True
             )
-        assert follower.stdout is not None
-        got = [json.loads(follower.stdout.readline())["body"] for _ in range(3)]
+            got.append(json.loads(read_line(follower.stdout))["body"])
         assert got == ["m0", "m1", "m2"]
     finally:
-        follower.terminate()
-        follower.wait(timeout=10)
-        assert follower.stdout is not None
-        follower.stdout.close()
+        stop(follower)

@@ -16,6 +16,7 @@ from parallax.engine.api import create_run, decide_gate, load_run
 from parallax.engine.runner import Runner
 from parallax.patterns.yaml_loader import compile_pattern
 from parallax.streams.sqlite import SqliteStore
+from tests.waiting import async_wait_until
 
 ANSWER = {"kind": "python", "ref": "tests.engine.agents:answer"}
 
@@ -109,11 +110,13 @@ def test_escalation_past_the_depth_limit_goes_to_a_person(tmp_path: Path) -> Non
         async with SqliteStore(tmp_path / "t.db") as store:
             await create_run(store, plan, run_id="t")
             task = asyncio.create_task(Runner(store, "t").run())
-            for _ in range(200):
+
+            async def escalated() -> RunState | None:
                 state = await load_run(store, "t")
-                if state.steps.get("review.2.user") and state.steps["review.2.user"].status == "waiting":
-                    break
-                await asyncio.sleep(0.02)
+                user = state.steps.get("review.2.user")
+                return state if user is not None and user.status == "waiting" else None
+
+            state = await async_wait_until(escalated, timeout=60, interval=0.02, what="the escalation to the user")
             assert state.steps["review.2.check.0"].output["escalated_to"] == "user"
             await decide_gate(store, "t", "review.2.user", approved=True, by="cto", note="ship it")
             return await task

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from parallax.streams.nats_server import NatsServer
 from tests.nats_fixtures import nats_server
+from tests.processes import reap
 
 __all__ = ["nats_server"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,21 +31,21 @@ def test_submit_a_yaml_pattern_to_a_worker(nats_server: NatsServer, tmp_path: Pa
         run = json.loads(result.stdout)
         assert run["status"] == "succeeded"
         assert {s["id"]: s["status"] for s in run["steps"]} == {s["id"]: "succeeded" for s in run["steps"]}
-        out, _ = worker.communicate(timeout=60)
-        assert worker.returncode == 0
+        out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, out.decode()
         assert "coordinated 1 run(s)" in out.decode()
         inspect = subprocess.run(
-            [*base, "inspect", run["run_id"], "--json"], cwd=ROOT, capture_output=True, timeout=60, check=True
+            [*base, "inspect", run["run_id"], "--json"], cwd=ROOT, capture_output=True, timeout=120, check=True
         )
         assert json.loads(inspect.stdout)["status"] == "succeeded"
     finally:
-        worker.kill()
+        reap(worker)
 
 
 def test_detach_needs_submit(nats_server: NatsServer) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "parallax", "--store", nats_server.url, "run", "examples/fanout.yaml", "--detach"],
-        cwd=ROOT, capture_output=True, timeout=60, check=False,
+        cwd=ROOT, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 2
     assert b"--detach needs --submit" in result.stderr
@@ -83,7 +84,7 @@ def test_workers_claim_tasks_of_a_submitted_task_graph(nats_server: NatsServer, 
         run = json.loads(result.stdout)
         assert run["status"] == "succeeded"
         assert {t: v["status"] for t, v in run["tasks"].items()} == {f"t{i}": "merged" for i in range(6)}
-        outputs = [w.communicate(timeout=60)[0].decode() for w in workers]
+        outputs = [w.communicate(timeout=120)[0].decode() for w in workers]
         remote = sum(
             int(line.split(", ")[1].split()[0]) for out in outputs for line in out.splitlines() if "task(s)" in line
         )
@@ -92,4 +93,4 @@ def test_workers_claim_tasks_of_a_submitted_task_graph(nats_server: NatsServer, 
             assert sh(repo, "git", "show", f"parallax/graph/integration:m{i}.txt") == "done\n"
     finally:
         for worker in workers:
-            worker.kill()
+            reap(worker)

@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -30,24 +28,33 @@ from parallax.engine.worker import submit
 from parallax.streams import AppendInput, AppendRecord
 from parallax.streams.nats import NatsStore
 from parallax.streams.nats_server import NatsServer
+from tests.processes import reap
+from tests.waiting import async_wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
 
 
-def fan_plan(folder: Path, steps: int, sleep: float) -> Plan:
+def fan_plan(folder: Path, steps: int, sleep: float, held: int = 0) -> Plan:
+    """`steps` agent steps of `sleep` seconds, the last `held` of them finishing only once the
+    file `release` in `folder` exists; then a merge."""
     fan = [
         Step(id=f"s{i:02d}", kind="agent", agent=AgentSpec(kind="python", ref="tests.distributed.agents:slow"))
         for i in range(steps)
     ]
     merge = Step(id="merge", kind="merge", after=tuple(s.id for s in fan), merge=MergeSpec(ignore=("step", "value")))
-    return Plan(name="fan", steps=(*fan, merge), inputs={"dir": str(folder), "sleep": sleep}, concurrency=steps)
+    inputs = {"dir": str(folder), "sleep": sleep, "release": str(folder / "release"),
+              "held": [s.id for s in fan[steps - held :]]}  # fmt: skip
+    return Plan(name="fan", steps=(*fan, merge), inputs=inputs, concurrency=steps)
 
 
-def start_worker(url: str, name: str, folder: Path, *args: str) -> subprocess.Popen[bytes]:
-    """A `parallax worker` process serving every submitted run until nothing is open."""
+def start_worker(url: str, name: str, folder: Path, run_id: str, *args: str) -> subprocess.Popen[bytes]:
+    """A `parallax worker` process serving `run_id` until it is closed. (Serving every run, a
+    worker exits when idle only once it has done some work: one that another worker left
+    nothing to would never exit.)"""
     out = open(folder / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
-    command = [sys.executable, "-m", "parallax", "--store", url, "worker", "--name", name, "--exit-when-idle", *args]
+    command = [sys.executable, "-m", "parallax", "--store", url, "worker", "--name", name, "--run", run_id,
+               "--exit-when-idle", *args]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     out.close()
     return process
@@ -57,14 +64,6 @@ def executions(folder: Path) -> list[tuple[str, int, int]]:
     path = folder / "executions"
     lines = path.read_text().splitlines() if path.exists() else []
     return [(step, int(pid), int(ms)) for step, pid, ms in (line.split() for line in lines)]
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def check_exactly_once(store: NatsStore, run_id: str, folder: Path, steps: int) -> None:
@@ -91,16 +90,15 @@ async def test_a_worker_killed_mid_task_is_replaced(tmp_path: Path) -> None:
             run_id = await api.create_run(store, fan_plan(tmp_path, 10, 1.5), run_id="killw")
             await submit(store, run_id)
             lease = ("--lease", "2", "--attempt-lease", "2", "--slots", "4")
-            victim = start_worker(server.url, "victim", tmp_path, *lease)
+            victim = start_worker(server.url, "victim", tmp_path, run_id, *lease)
             workers.append(victim)
 
             async def victim_busy() -> bool:
                 return sum(1 for _, pid, _ in executions(tmp_path) if pid == victim.pid) >= 2
 
-            await wait_until(victim_busy, 60, "the victim to start attempts")
-            workers.append(start_worker(server.url, "survivor", tmp_path, *lease))
-            await asyncio.sleep(0.3)
-            os.kill(victim.pid, signal.SIGKILL)
+            await async_wait_until(victim_busy, timeout=120, what="the victim to start attempts")
+            workers.append(start_worker(server.url, "survivor", tmp_path, run_id, *lease))
+            os.kill(victim.pid, signal.SIGKILL)  # while it holds the attempts it started
             victim.wait()
             survivor = workers[1]
             assert survivor.wait(timeout=120) == 0, (tmp_path / "survivor.out").read_text()
@@ -111,7 +109,7 @@ async def test_a_worker_killed_mid_task_is_replaced(tmp_path: Path) -> None:
             assert rerun <= by_victim  # only what the dead worker held ran twice
     finally:
         for process in workers:
-            process.kill()
+            reap(process)
         server.kill()
 
 
@@ -120,10 +118,11 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
     workers: list[subprocess.Popen[bytes]] = []
     try:
         async with NatsStore(server.url) as store:
-            run_id = await api.create_run(store, fan_plan(tmp_path, 24, 1.2), run_id="restarts")
+            # the last 8 steps end only once the restarts are over: the run is under way through all of them
+            run_id = await api.create_run(store, fan_plan(tmp_path, 24, 1.2, held=8), run_id="restarts")
             await submit(store, run_id)
             for name in ("w1", "w2"):
-                workers.append(start_worker(server.url, name, tmp_path, "--lease", "3", "--slots", "2"))
+                workers.append(start_worker(server.url, name, tmp_path, run_id, "--lease", "3", "--slots", "2"))
             witness: dict[int, bytes] = {}
 
             async def write_witness() -> None:
@@ -135,11 +134,12 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
 
             writer = asyncio.create_task(write_witness())
             for _ in range(5):
-                await asyncio.sleep(0.8)
+                await asyncio.sleep(0.8)  # the scenario: the run goes on for a while between restarts
                 assert not (await api.load_run(store, run_id)).finished, "the run ended before the restarts did"
                 server.kill()
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # the scenario: the server stays down for a while
                 server.start()
+            (tmp_path / "release").touch()
             for name, process in zip(("w1", "w2"), workers, strict=True):
                 assert process.wait(timeout=120) == 0, (tmp_path / f"{name}.out").read_text()
             writer.cancel()
@@ -151,7 +151,7 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
             assert sorted(logged) == list(range(len(logged)))
     finally:
         for process in workers:
-            process.kill()
+            reap(process)
         server.kill()
 
 
@@ -163,7 +163,7 @@ async def test_a_paused_coordinator_is_fenced_off(tmp_path: Path) -> None:
             run_id = await api.create_run(store, fan_plan(tmp_path, 8, 1.0), run_id="fence")
             await submit(store, run_id)
             lease = ("--lease", "2", "--attempt-lease", "3", "--slots", "4")
-            old = start_worker(server.url, "old", tmp_path, *lease)
+            old = start_worker(server.url, "old", tmp_path, run_id, *lease)
             workers.append(old)
             leases = Leases(store)
 
@@ -171,11 +171,15 @@ async def test_a_paused_coordinator_is_fenced_off(tmp_path: Path) -> None:
                 info = await leases.info(f"run/{run_id}")
                 return info is not None and info.holder == name and info.live()
 
-            await wait_until(lambda: holder_is("old"), 60, "the first worker to coordinate")
-            workers.append(start_worker(server.url, "new", tmp_path, *lease))
-            await asyncio.sleep(0.5)
+            async def took_over() -> bool:  # the lease is new's, and new has fenced the control stream
+                records = await store.read_all(control_stream(run_id))
+                fenced = [r.body for r in records if r.command == b"fence"]
+                return await holder_is("new") and bool(fenced) and fenced[-1].startswith(b"new@")
+
+            await async_wait_until(lambda: holder_is("old"), timeout=120, what="the first worker to coordinate")
+            workers.append(start_worker(server.url, "new", tmp_path, run_id, *lease))
             os.kill(old.pid, signal.SIGSTOP)
-            await wait_until(lambda: holder_is("new"), 60, "the second worker to take over")
+            await async_wait_until(took_over, timeout=120, what="the second worker to take over and fence")
             fences = [r for r in await store.read_all(control_stream(run_id)) if r.command == b"fence"]
             old_token = fences[0].body.decode()
             assert old_token.startswith("old@") and fences[-1].body.decode().startswith("new@")
@@ -188,8 +192,7 @@ async def test_a_paused_coordinator_is_fenced_off(tmp_path: Path) -> None:
             assert "fenced off 1" in (tmp_path / "old.out").read_text()
     finally:
         for process in workers:
-            with_signal = process.poll() is None
-            if with_signal:
+            if process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
-            process.kill()
+            reap(process)
         server.kill()

@@ -22,9 +22,11 @@ async def test_two_workers_run_a_submitted_run(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "d.db") as store:
         run_id = await api.create_run(store, crash_plan(tmp_path), run_id="dist")
         await submit(store, run_id)
-        options = WorkerOptions(slots=3, lease_s=2.0, exit_when_idle=True)
+        # exit once the run is closed (serving every run, a worker that the other left nothing to
+        # do would wait for work forever)
+        options = WorkerOptions(slots=3, lease_s=2.0, runs=(run_id,), exit_when_idle=True)
         workers = [Worker(store, f"w{i}", options) for i in range(2)]
-        stats = await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 60)
+        stats = await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 120)
         state = await api.load_run(store, run_id)
         assert state.status == "succeeded"
         # Every agent step ran exactly once, on some worker; one coordinator advanced the run.

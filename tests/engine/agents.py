@@ -74,6 +74,19 @@ async def slow(ctx: AgentContext) -> dict[str, Any]:
     return {"slept": True}
 
 
+async def held(ctx: AgentContext) -> dict[str, Any]:
+    """Under way until the file `input.release` exists: a step that runs for as long as a test
+    needs it to (at most two minutes)."""
+    count(ctx)
+    release = Path(ctx.input["input"]["release"])
+    deadline = asyncio.get_running_loop().time() + 120
+    while not release.exists():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AgentFailed(f"{release} never appeared", retryable=False)
+        await asyncio.sleep(0.01)
+    return {"released": True}
+
+
 async def concurrent(ctx: AgentContext) -> dict[str, Any]:
     """Tracks how many run at once in a file, to observe the concurrency cap."""
     path = _dir(ctx) / "running"

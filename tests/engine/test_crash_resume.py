@@ -23,6 +23,7 @@ from parallax.core.plan import AgentSpec, MergeSpec, Plan, Step
 from parallax.engine import api
 from parallax.engine.control import control_stream
 from parallax.streams.sqlite import SqliteStore
+from tests.processes import read_line, reap
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("PARALLAX_CRASH_SEED", "20261123"))
@@ -89,12 +90,16 @@ async def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            assert proc.stdout is not None
-            first = proc.stdout.readline()  # its first acknowledged event: the run is under way
-            if attempts <= 5:  # then let it finish
-                time.sleep(rng.uniform(0.0, 0.45))
-                os.kill(proc.pid, signal.SIGKILL)
-            rest, _ = proc.communicate(timeout=120)
+            try:
+                assert proc.stdout is not None
+                first = read_line(proc.stdout)  # its first acknowledged event: the run is under way
+                if attempts <= 5:  # then let it finish
+                    time.sleep(rng.uniform(0.0, 0.45))  # the scenario: a random moment of the run
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=120)
+                rest = proc.stdout.read()  # the rest of what it printed (through the same buffer as the first)
+            finally:
+                reap(proc)
             out = first + rest
             finished = "FINISHED" in out
             if proc.returncode == -signal.SIGKILL:

@@ -15,6 +15,7 @@ from parallax.engine import api
 from parallax.engine.control import agent_stream, control_stream, read_events
 from parallax.engine.runner import Runner
 from parallax.streams.sqlite import SqliteStore
+from tests.waiting import async_wait_until
 
 
 def step(step_id: str, fn: str, *after: str) -> Step:
@@ -38,8 +39,11 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 async def test_resume_after_the_runner_dies_mid_run(store: SqliteStore, tmp_path: Path) -> None:
     run_id = await api.create_run(store, chain(tmp_path))
     task = asyncio.create_task(Runner(store, run_id).run())
-    while (await api.load_run(store, run_id)).steps["two"].status != "succeeded":
-        await asyncio.sleep(0.005)
+
+    async def two_done() -> bool:
+        return (await api.load_run(store, run_id)).steps["two"].status == "succeeded"
+
+    await async_wait_until(two_done, timeout=60, interval=0.005, what="step two to succeed")
     task.cancel()  # the coordinator goes away with "three" unfinished
     await asyncio.gather(task, return_exceptions=True)
     state = await api.resume_run(store, run_id)
@@ -59,19 +63,27 @@ async def test_resuming_a_finished_run_changes_nothing(store: SqliteStore, tmp_p
 
 
 async def test_a_second_coordinator_fences_out_the_first(store: SqliteStore, tmp_path: Path) -> None:
+    release = tmp_path / "release"
     plan = Plan(
         name="slow",
-        steps=(step("slow", "slow"), step("after", "chatty", "slow")),
-        inputs={"dir": str(tmp_path), "sleep": 0.3},
+        steps=(step("slow", "held"), step("after", "chatty", "slow")),
+        inputs={"dir": str(tmp_path), "release": str(release)},
     )
     run_id = await api.create_run(store, plan)
     first = asyncio.create_task(Runner(store, run_id).run())
-    while (await api.load_run(store, run_id)).steps["slow"].status != "running":
-        await asyncio.sleep(0.005)
-    second = await Runner(store, run_id).run()  # takes over: fences the control stream
-    assert second.status == "succeeded"
+
+    def slow_started(times: int) -> bool:
+        count = tmp_path / "slow.count"
+        return count.exists() and int(count.read_text()) >= times
+
+    await async_wait_until(lambda: slow_started(1), timeout=60, interval=0.005, what="the slow step to start")
+    second = asyncio.create_task(Runner(store, run_id).run())  # takes over: fences the control stream
+    # the second coordinator runs the step again (after fencing), while the first still runs it
+    await async_wait_until(lambda: slow_started(2), timeout=60, interval=0.005, what="the second to start it")
+    release.touch()
+    assert (await asyncio.wait_for(second, 60)).status == "succeeded"
     with pytest.raises(Exception, match="another coordinator took over"):
-        await first
+        await asyncio.wait_for(first, 60)
 
 
 async def test_fork_from_a_prefix_with_a_new_plan(store: SqliteStore, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from click.testing import CliRunner
 from parallax.cli import cli
 from parallax.engine.api import load_run
 from parallax.streams.sqlite import SqliteStore
+from tests.processes import reap
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -153,23 +154,18 @@ def test_approval_gate_waits_for_a_person_in_another_process(tmp_path: Path) -> 
             stderr=sink,
         )
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline:
+
+        def gate_status() -> str | None:
             probe = subprocess.run([*base, "inspect", "announce-1", "--json"], capture_output=True, text=True)
-            if probe.returncode == 0:
-                status = steps(json.loads(probe.stdout))["publish-ok"]["status"]
-                if status == "waiting":
-                    break
-            time.sleep(0.2)
-        assert status == "waiting"
+            return steps(json.loads(probe.stdout))["publish-ok"]["status"] if probe.returncode == 0 else None
+
+        wait_until(lambda: gate_status() == "waiting", timeout=120, interval=0.2, what="the gate to wait")
         assert runner.poll() is None  # still waiting for the person
         decided = subprocess.run([*base, "approve", "announce-1", "publish-ok", "--by", "alice"], capture_output=True)
         assert decided.returncode == 0, decided.stderr
-        assert runner.wait(timeout=30) == 0, errors.read_text()
+        assert runner.wait(timeout=120) == 0, errors.read_text()
     finally:
-        if runner.poll() is None:
-            runner.kill()
+        reap(runner)
     final = json.loads(
         subprocess.run([*base, "inspect", "announce-1", "--json"], capture_output=True, text=True).stdout
     )
@@ -187,20 +183,19 @@ def test_a_rejected_gate_stops_what_follows(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(150):
-            decided = subprocess.run(
-                [*base, "approve", "announce-2", "publish-ok", "--reject", "--note", "wrong date"],
-                capture_output=True,
-                text=True,
-            )
-            if decided.returncode == 0:
-                break
-            time.sleep(0.2)
-        assert decided.returncode == 0, decided.stderr
-        assert runner.wait(timeout=30) == 1
+        tried: list[subprocess.CompletedProcess[str]] = []
+
+        def rejected() -> bool:  # refused until the run has reached the gate
+            reject = [*base, "approve", "announce-2", "publish-ok", "--reject", "--note", "wrong date"]
+            tried.append(subprocess.run(reject, capture_output=True, text=True))
+            return tried[-1].returncode == 0
+
+        wait_until(
+            rejected, timeout=120, interval=0.2, what=lambda: f"the gate to take a rejection: {tried[-1].stderr}"
+        )
+        assert runner.wait(timeout=120) == 1
     finally:
-        if runner.poll() is None:
-            runner.kill()
+        reap(runner)
     final = json.loads(
         subprocess.run([*base, "inspect", "announce-2", "--json"], capture_output=True, text=True).stdout
     )

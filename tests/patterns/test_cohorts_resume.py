@@ -1,7 +1,8 @@
-"""Cohorts with a moderator survive crashes: SIGKILL the coordinator at random moments, resume
-from the log each time, and the run ends exactly as an uninterrupted one does: the same steps
-(the graph grown by the same decisions), the same moderator session (phase, rounds, active
-cohorts, counters), the same synthesis, and every turn posted to its cohort stream once."""
+"""Cohorts with a moderator survive crashes: SIGKILL the coordinator at random moments (in the
+middle of a turn, and after a few more steps finished), resume from the log each time, and the
+run ends exactly as an uninterrupted one does: the same steps (the graph grown by the same
+decisions), the same moderator session (phase, rounds, active cohorts, counters), the same
+synthesis, and every turn posted to its cohort stream once."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from parallax.core.errors import StreamNotFound
 from parallax.core.state import describe
 from parallax.engine.api import load_run
 from parallax.streams.sqlite import SqliteStore
+from tests.processes import reap
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("PARALLAX_CRASH_SEED", "20261123"))
@@ -50,16 +52,17 @@ def parallax(db: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "parallax", "--store", f"sqlite://{db}", *args]
 
 
-async def outputs(db: Path, run_id: str) -> int:
-    """How many step outputs the run's log holds: progress, however many retries it took."""
+async def progress(db: Path, run_id: str) -> Counter[bytes]:
+    """How many records of each type the run's log holds: step.output counts progress, however
+    many retries it took; step.started, turns begun."""
     if not db.exists():
-        return 0
+        return Counter()
     async with SqliteStore(db) as store:
         try:
             records = await store.read_all(f"runs/{run_id}/control")
         except StreamNotFound:
-            return 0
-    return sum(1 for r in records if (b"type", b"step.output") in r.headers)
+            return Counter()
+    return Counter(dict(r.headers).get(b"type", b"") for r in records)
 
 
 async def final_view(db: Path, run_id: str) -> dict[str, Any]:
@@ -96,24 +99,33 @@ def test_moderator_resumes_mid_run_with_the_same_state(tmp_path: Path) -> None:
 
     rng = random.Random(SEED)
     db = tmp_path / "crash.db"
-    kills = 0
+    kills = 0  # that landed mid-run: the process was running and the run unfinished after it
     command = parallax(db, "run", str(pattern), "--run-id", "r", "--quiet")
-    for _ in range(80):
-        target = asyncio.run(outputs(db, "r")) + rng.randint(1, 4)  # kill after a few more steps finish
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline:
-            if asyncio.run(outputs(db, "r")) >= target:
-                time.sleep(rng.uniform(0, 0.03))
-                break
-            time.sleep(0.005)
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-        else:
-            assert process.returncode == 0
+    for attempt in range(80):
+        at_start = asyncio.run(progress(db, "r"))
+        if attempt % 2 == 0:  # in the middle of a turn: once this process has started one
+            kind, target = b"step.started", at_start[b"step.started"] + 1
+        else:  # after a few more steps finished: every other process moves the run on, so it ends
+            kind, target = b"step.output", at_start[b"step.output"] + rng.randint(1, 4)
+        stderr = tmp_path / f"process{attempt}.stderr"
+        with stderr.open("w") as sink:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
+        try:
+            deadline = time.monotonic() + 120  # a deadline: it only matters if the process hangs
+            while process.poll() is None and time.monotonic() < deadline:
+                if asyncio.run(progress(db, "r"))[kind] >= target:
+                    time.sleep(rng.uniform(0, 0.03))  # the scenario: a random moment from there
+                    break
+                time.sleep(0.005)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            returncode = process.wait(timeout=60)
+            assert returncode in (0, -signal.SIGKILL), stderr.read_text()  # killed, or ended by itself
+        finally:
+            reap(process)
         state = asyncio.run(final_view(db, "r"))
+        if returncode == -signal.SIGKILL and state["status"] != "succeeded":
+            kills += 1
         if state["status"] == "succeeded":
             break
         command = parallax(db, "resume", "r", "--quiet")

@@ -23,6 +23,7 @@ from parallax.core.errors import AgentTimeout
 from parallax.core.plan import AgentSpec, Plan, Step
 from parallax.engine import api
 from parallax.streams.sqlite import SqliteStore
+from tests.waiting import async_wait_until
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -182,31 +183,30 @@ async def test_timeout_kills_the_group_reaps_and_closes_everything() -> None:
             on_stdout_line=lambda line: first.append(line) if not first else None,
         )  # fmt: skip
     grandchild = int(first[0])
-    await asyncio.sleep(0.2)
-    assert not alive(grandchild)
+    await async_wait_until(lambda: not alive(grandchild), timeout=30, what="the grandchild to die")
     assert_nothing_left_open()
 
 
 async def test_cancellation_kills_the_group_reaps_and_closes_everything() -> None:
     first: list[str] = []
-    started = asyncio.Event()
+    lines = 0
 
     def on_line(line: str) -> None:
+        nonlocal lines
+        lines += 1
         if not first:
             first.append(line)
-            started.set()
 
     task = asyncio.create_task(
         run_process(python(FLOOD_AND_HANG), stdin=None, env=ENV, cwd=None, timeout_s=None, on_stdout_line=on_line)
     )
-    await asyncio.wait_for(started.wait(), 30)
-    await asyncio.sleep(0.3)
+    # cancelled in full flood: once it has sent a good many lines
+    await async_wait_until(lambda t=task: lines >= 1000 or t.done(), timeout=60, what="the child to flood")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     del task
-    await asyncio.sleep(0.2)
-    assert not alive(int(first[0]))
+    await async_wait_until(lambda: not alive(int(first[0])), timeout=30, what="the grandchild to die")
     assert_nothing_left_open()
 
 
@@ -221,7 +221,6 @@ async def test_a_failing_callback_fails_the_run_and_ends_the_process() -> None:
     with pytest.raises(ValueError, match="the parser gave up"):
         await run_process(python(FLOOD_AND_HANG), stdin=None, env=ENV, cwd=None, timeout_s=60, on_stdout_line=parser)
     assert len(seen) == 2  # no callback after the failure
-    await asyncio.sleep(0.2)
-    assert not alive(int(seen[0]))
+    await async_wait_until(lambda: not alive(int(seen[0])), timeout=30, what="the grandchild to die")
     assert asyncio.all_tasks() == {asyncio.current_task()}  # nothing of the run is left reading
     assert_nothing_left_open()

@@ -29,6 +29,7 @@ import pytest
 
 from parallax.streams import AppendInput, AppendRecord
 from parallax.streams.sqlite import SqliteStore
+from tests.processes import stop
 from tests.server.live_server import free_port
 
 TOKEN = "security-test-token-0123456789"
@@ -50,7 +51,7 @@ def _start(db: Path, log: Path, flags: tuple[str, ...]) -> tuple[str, subprocess
             env={**os.environ, "PARALLAX_TOKEN": TOKEN}, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a deadline: a loaded machine can take long to start Python
     while True:
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=1):
@@ -62,17 +63,13 @@ def _start(db: Path, log: Path, flags: tuple[str, ...]) -> tuple[str, subprocess
             return None
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
+                _stop(process)
                 raise RuntimeError(f"the server did not start: {log.read_text()}") from None
             time.sleep(0.1)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop(process)
 
 
 @contextmanager

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.processes import stop
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -31,7 +33,7 @@ def serve(db: Path, token: str, log: Path) -> Iterator[tuple[str, subprocess.Pop
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # a deadline: a loaded machine can take long to start Python
         while True:
             try:
                 with urllib.request.urlopen(f"{base}/health", timeout=1):
@@ -42,9 +44,4 @@ def serve(db: Path, token: str, log: Path) -> Iterator[tuple[str, subprocess.Pop
                 time.sleep(0.1)
         yield base, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

@@ -3,12 +3,12 @@ expiry and heartbeats, and patterns selecting live agents by capability at run c
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 
 from parallax.server.app import create_app
+from tests.waiting import wait_until
 
 TOKEN = "registry-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,7 +24,7 @@ merge: {}
 def test_agents_register_expire_and_are_selected(tmp_path: Path) -> None:
     with TestClient(create_app(f"sqlite://{tmp_path / 'r.db'}", TOKEN)) as client:
         echo = {"kind": "command", "command": 'echo \'{"verdict": "ok"}\''}
-        for agent_id, caps, ttl in (("rev-1", ["python", "review"], 60), ("rev-2", ["python", "review", "go"], 0.5),
+        for agent_id, caps, ttl in (("rev-1", ["python", "review"], 60), ("rev-2", ["python", "review", "go"], 60),
                                     ("docs-1", ["writing"], 60)):  # fmt: skip
             made = client.post("/registry/agents", json={"id": agent_id, "capabilities": caps, "agent": echo,
                                                          "ttl_s": ttl}, headers=ADMIN)  # fmt: skip
@@ -37,8 +37,17 @@ def test_agents_register_expire_and_are_selected(tmp_path: Path) -> None:
         assert run.status_code == 201, run.text
         steps = [s["id"] for s in client.get(f"/runs/{run.json()['run_id']}", headers=ADMIN).json()["steps"]]
         assert steps == ["review-rev-1", "review-rev-2", "merge"]
-        time.sleep(0.7)  # rev-2's TTL runs out without a heartbeat
-        assert [a["id"] for a in client.get("/registry/agents", headers=ADMIN).json()] == ["docs-1", "rev-1"]
+        # rev-2 registers again with a short TTL (a short one from the start could run out before the
+        # run above selected it, on a loaded machine), and sends no heartbeat: the TTL runs out
+        short = client.post("/registry/agents", json={"id": "rev-2", "capabilities": ["python", "review", "go"],
+                                                      "agent": echo, "ttl_s": 0.5}, headers=ADMIN)  # fmt: skip
+        assert short.status_code == 201, short.text
+
+        def live() -> list[str]:
+            return [a["id"] for a in client.get("/registry/agents", headers=ADMIN).json()]
+
+        wait_until(lambda: "rev-2" not in live(), timeout=30, what="rev-2's TTL to run out")
+        assert live() == ["docs-1", "rev-1"]
         refused = client.post("/runs", json={"pattern": SELECT}, headers=ADMIN)
         assert refused.status_code == 400
         assert "needs 2 live agent(s) with ['python', 'review']; the registry has 1 (rev-1)" in refused.text

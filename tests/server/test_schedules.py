@@ -4,7 +4,6 @@ missed-run policy, and two schedulers sharing a store never firing one due time 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -12,20 +11,15 @@ from fastapi.testclient import TestClient
 from parallax.server.app import create_app
 from parallax.server.scheduler import Schedule, Scheduler
 from parallax.streams.sqlite import SqliteStore
+from tests.waiting import wait_until
 
 TOKEN = "schedule-test-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 PATTERN = "pattern: fanout\nname: tick\nagents:\n  a: {kind: command, command: 'echo ok'}\n"
 
 
-def wait_for(check, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
+def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    return wait_until(check, timeout=timeout, interval=0.1, what="the scheduler")
 
 
 def test_a_schedule_fires_and_survives_a_restart(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import httpx
 from parallax.streams import AppendInput, AppendRecord
 from parallax.streams.sqlite import SqliteStore
 from tests.server.live_server import serve
+from tests.waiting import async_wait_until
 
 TOKEN = "sse-test-token"
 
@@ -25,10 +26,11 @@ async def fill(db: Path, stream: str, start: int, count: int) -> None:
             await store.append(stream, AppendInput(batch))
 
 
-async def client(base: str, stream: str, want: int) -> list[int]:
-    seen: list[int] = []
+async def client(base: str, stream: str, want: int, seen: list[int] | None = None) -> list[int]:
+    """The first `want` events' numbers (appended to `seen` as they come, for a test to watch)."""
+    seen = [] if seen is None else seen
     async with (
-        httpx.AsyncClient(timeout=60) as http,
+        httpx.AsyncClient(timeout=120) as http,
         http.stream("GET", f"{base}/streams/{stream}/events", params={"token": TOKEN}) as response,
     ):
         async for line in response.aiter_lines():
@@ -45,11 +47,16 @@ def test_twenty_clients_each_get_every_event_in_order(tmp_path: Path) -> None:
     with serve(db, TOKEN, tmp_path / "server.log") as (base, _):
 
         async def main() -> list[list[int]]:
-            watchers = [asyncio.create_task(client(base, "load/one", 2000)) for _ in range(20)]
-            await asyncio.sleep(0.5)
+            seen: list[list[int]] = [[] for _ in range(20)]
+            watchers = [asyncio.create_task(client(base, "load/one", 2000, mine)) for mine in seen]
+            await async_wait_until(  # every client is connected, has had the first 1000, and waits
+                lambda: all(len(mine) >= 1000 for mine in seen) or any(w.done() for w in watchers),
+                timeout=120,
+                what="every client to have read the first 1000 events",
+            )
             await fill(db, "load/one", 1000, 1000)  # appended by another writer while they watch
             return await asyncio.gather(*watchers)
 
-        results = asyncio.run(asyncio.wait_for(main(), 120))
+        results = asyncio.run(asyncio.wait_for(main(), 240))
     for seen in results:
         assert seen == list(range(2000))

@@ -17,6 +17,7 @@ from parallax.streams.nats_server import NatsServer
 from tests.nats_fixtures import nats_server
 from tests.streams.contract import StreamStoreContract, recs
 from tests.streams.test_properties import assert_same_as_memory, interleavings, operations, run_appenders
+from tests.waiting import async_wait_until
 
 __all__ = ["nats_server"]
 
@@ -118,12 +119,13 @@ async def test_acknowledged_records_survive_a_server_kill(tmp_path: Path) -> Non
                     acked.append(body)
 
             task = asyncio.create_task(writer())
-            for _ in range(3):
-                await asyncio.sleep(0.15)
+            for _ in range(3):  # each kill while the writer is appending: once it has had more acks since the last
+                more = len(acked) + 20
+                await async_wait_until(lambda n=more: len(acked) >= n or task.done(), timeout=60, what="more acks")
                 server.kill()
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # the scenario: the server stays down for a while
                 server.start()
-            await asyncio.wait_for(task, 60)
+            await asyncio.wait_for(task, 120)
             records = await store.read_all("s")
             assert [r.body for r in records[1:]] == acked
             assert [r.seq_num for r in records] == list(range(301))

@@ -65,7 +65,7 @@ async def test_two_store_handles_on_one_file_see_each_other(tmp_path: Path) -> N
         waiter = asyncio.create_task(two.wait_for_tail("s", 0))
         await asyncio.sleep(0.01)
         await one.append("s", AppendInput(recs("a")))
-        assert await asyncio.wait_for(waiter, 5) == 1
+        assert await asyncio.wait_for(waiter, 30) == 1
         await two.append("s", AppendInput(recs("b"), match_seq_num=1))
         assert [r.body for r in await one.read_all("s")] == [b"a", b"b"]
 

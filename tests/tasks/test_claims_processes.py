@@ -20,6 +20,7 @@ from parallax.core.events import decode_event
 from parallax.core.plan import AgentSpec
 from parallax.core.tasks import TaskBoard, TaskGraphSpec, TaskSpec, write_sets_overlap
 from parallax.streams.sqlite import SqliteStore
+from tests.processes import reap
 
 ROOT = Path(__file__).resolve().parents[2]
 N_TASKS = 500
@@ -67,8 +68,12 @@ def test_eight_processes_claim_500_tasks_without_double_holds(tmp_path: Path) ->
         )
         for i in range(WORKERS)
     ]
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0
+    try:
+        for proc in procs:
+            assert proc.wait(timeout=240) == 0
+    finally:
+        for proc in procs:
+            reap(proc)
 
     events = asyncio.run(raw_events(db, "r"))
     board = TaskBoard.of(spec)

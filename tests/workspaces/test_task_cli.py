@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.processes import reap
+from tests.waiting import wait_until
 from tests.workspaces.test_parallel_coding import init_repo, sh
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +39,8 @@ def board(db: Path, repo: Path, run_id: str) -> dict[str, dict[str, Any]]:
     return {row["task"]: row for row in json.loads(result.stdout)} if result.returncode == 0 else {}
 
 
-def wait(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
+def wait(predicate: Any, timeout: float = 120) -> None:
+    wait_until(predicate, timeout=timeout, interval=0.2, what="the task board")
 
 
 def test_review_queue_reject_with_a_note_then_approve(tmp_path: Path) -> None:
@@ -72,11 +68,9 @@ def test_review_queue_reject_with_a_note_then_approve(tmp_path: Path) -> None:
         )
         approved = cli(db, repo, "review", "q", "--approve", "--by", "bob")
         assert approved.returncode == 0, approved.stderr
-        assert runner.wait(timeout=60) == 0, (tmp_path / "q.err").read_text()
+        assert runner.wait(timeout=120) == 0, (tmp_path / "q.err").read_text()
     finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+        reap(runner)
     text = sh(repo, "git", "show", "parallax/q/integration:style.txt")
     assert "This task was sent back: alice: use tabs" in text
     assert cli(db, repo, "review", "q").stdout.strip() == "nothing is waiting for review"
@@ -97,11 +91,9 @@ def test_a_worker_in_another_process_shares_the_graph(tmp_path: Path) -> None:
         wait(lambda: any(t["status"] in ("claimed", "running") for t in board(db, repo, "w").values()))
         helper = cli(db, repo, "worker", "w", "--workers", "2")
         assert helper.returncode == 0, helper.stderr
-        assert runner.wait(timeout=60) == 0, (tmp_path / "w.err").read_text()
+        assert runner.wait(timeout=120) == 0, (tmp_path / "w.err").read_text()
     finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
+        reap(runner)
     final = board(db, repo, "w")
     assert {t["status"] for t in final.values()} == {"merged"}
     ran_by_helper = int(helper.stdout.split()[1])
