@@ -176,7 +176,14 @@ async def test_a_paused_coordinator_is_fenced_off(tmp_path: Path) -> None:
                 fenced = [r.body for r in records if r.command == b"fence"]
                 return await holder_is("new") and bool(fenced) and fenced[-1].startswith(b"new@")
 
-            await async_wait_until(lambda: holder_is("old"), timeout=120, what="the first worker to coordinate")
+            async def old_coordinates() -> bool:  # the lease is old's, and old has fenced the control stream
+                records = await store.read_all(control_stream(run_id))
+                return await holder_is("old") and any(
+                    r.command == b"fence" and r.body.startswith(b"old@") for r in records
+                )
+
+            # Stopped before its fence, the old coordinator would have nothing to be fenced off from.
+            await async_wait_until(old_coordinates, timeout=120, what="the first worker to coordinate and fence")
             workers.append(start_worker(server.url, "new", tmp_path, run_id, *lease))
             os.kill(old.pid, signal.SIGSTOP)
             await async_wait_until(took_over, timeout=120, what="the second worker to take over and fence")
