@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.workspaces.test_parallel_coding import init_repo
@@ -28,14 +29,17 @@ def parallax(db: Path, repo: Path, *args: str, timeout: float = 300) -> subproce
                           capture_output=True, text=True, timeout=timeout, env=ENV)  # fmt: skip
 
 
-def locked_worktree(repo: Path) -> bool:
+def locked_worktree(repo: Path, name: str | None = None) -> bool:
+    """Whether git has locked a worktree (`name`, or any) it is still checking out."""
     admin = repo / ".git" / "worktrees"
-    return admin.is_dir() and any((entry / "locked").exists() for entry in admin.iterdir())
+    return admin.is_dir() and any(
+        (entry / "locked").exists() for entry in admin.iterdir() if name in (None, entry.name)
+    )
 
 
-def kill_during_worktree_add(tmp_path: Path, files: int) -> tuple[Path, Path] | None:
-    """Start a run and SIGKILL its whole process group the moment git has locked a worktree it
-    is still checking out; None if every checkout finished before it was seen."""
+def kill_during_worktree_add(tmp_path: Path, files: int, name: str) -> tuple[Path, Path] | None:
+    """Start a run and SIGKILL its whole process group the moment git has locked the worktree
+    `name` it is still checking out; None if that checkout finished before it was seen."""
     repo = init_repo(tmp_path / f"r{files}", {f"pkg/m{i}.txt": f"{i}\n" for i in range(files)})
     db = tmp_path / f"k{files}.db"
     tasks = {f"t{i}": {"writes": [f"out{i}.txt"], "agent": {"kind": "command", "command": f"echo {i} > out{i}.txt"}}
@@ -51,7 +55,7 @@ def kill_during_worktree_add(tmp_path: Path, files: int) -> tuple[Path, Path] | 
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if locked_worktree(repo):
+            if locked_worktree(repo, name):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return repo, db
@@ -63,9 +67,12 @@ def kill_during_worktree_add(tmp_path: Path, files: int) -> tuple[Path, Path] | 
         proc.wait()
 
 
-def test_resume_repairs_a_worktree_add_killed_midway(tmp_path: Path) -> None:
+# A task's worktree (the first one made), and the integration worktree (made once the first task
+# is done: attaching to a half-made one failed every merge, and left it locked).
+@pytest.mark.parametrize("name", ["t0", "integration"])
+def test_resume_repairs_a_worktree_add_killed_midway(tmp_path: Path, name: str) -> None:
     for files in (3000, 8000, 20000):  # a bigger checkout if the kill came too late
-        killed = kill_during_worktree_add(tmp_path, files)
+        killed = kill_during_worktree_add(tmp_path, files, name)
         if killed is not None:
             break
     else:

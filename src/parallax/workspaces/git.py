@@ -230,10 +230,13 @@ async def add_worktree(repo: Checkout, worktree: Path, branch: str, base: str) -
 
 
 async def attach_worktree(repo: Checkout, worktree: Path, branch: str) -> Checkout:
-    """A worktree of an existing `branch` (the integration branch), created if missing."""
+    """A worktree of an existing `branch` (the integration branch), created if missing, or
+    made again if a `worktree add` was interrupted (killed) while making it."""
     if (worktree / ".git").is_file():
         git_dir, pointer = _read_pointer(worktree)
-        if git_dir.is_dir() and (git_dir / "HEAD").is_file():
+        # git locks the entry ("initializing") until the checkout is complete: one still locked
+        # is half made (its HEAD does not resolve), and is replaced like a missing one.
+        if git_dir.is_dir() and (git_dir / "HEAD").is_file() and not (git_dir / "locked").exists():
             return Checkout(git_dir, worktree, pointer)
     await remove_worktree(repo, worktree)
     worktree.parent.mkdir(parents=True, exist_ok=True)
@@ -251,12 +254,13 @@ async def remove_worktree(repo: Checkout, worktree: Path) -> None:
     admin = (await common_dir(repo)) / "worktrees"
     if admin.is_dir():
         for entry in admin.iterdir():
-            gitdir_file = entry / "gitdir"
             try:
-                points_at = Path(gitdir_file.read_text().strip()).parent
+                recorded = (entry / "gitdir").read_text().strip()
             except OSError:
-                points_at = None
-            # A lock with no gitdir, or on this very folder, is what a killed `worktree add` leaves.
+                recorded = ""
+            points_at = Path(recorded).parent if recorded else None
+            # A lock with no gitdir (or an empty one: killed before git wrote it), or on this very
+            # folder, is what a killed `worktree add` leaves.
             if points_at is None or points_at == worktree:
                 (entry / "locked").unlink(missing_ok=True)
     await git(repo, "worktree", "prune")
