@@ -9,9 +9,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from parallax.server.mcp_tools import ParallaxTools
 from parallax.settings import Settings
 from parallax.streams.sqlite import SqliteStore
 from tests.server.live_server import free_port
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "launch-test-token-0123456789"
@@ -66,16 +65,6 @@ def parallax(folder: Path, *args: str, timeout: float = 120) -> subprocess.Compl
                           text=True, timeout=timeout)  # fmt: skip
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 120, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def runs_of(folder: Path, name: str) -> list[str]:
     async def go() -> list[str]:
         async with SqliteStore(folder / ".parallax" / "parallax.db") as store:
@@ -84,17 +73,21 @@ def runs_of(folder: Path, name: str) -> list[str]:
     return asyncio.run(go()) if (folder / ".parallax" / "parallax.db").exists() else []
 
 
-def assert_settings_applied(folder: Path, name: str) -> None:
-    """The run's plan has the configured budget, at most 2 agents ran at once, on_finish ran."""
-    [run_id] = wait_until(lambda: runs_of(folder, name), what=f"a run of {name}")
-    finished = folder / f"finished-{run_id}.json"
-    wait_until(finished.exists, what=f"the on_finish hook of {run_id}")
+def finished_run(folder: Path, run_id: str) -> Any:
+    """The run's state once its on_finish hook has run."""
+    wait_until((folder / f"finished-{run_id}.json").exists, timeout=120, what=f"the on_finish hook of {run_id}")
 
     async def state() -> Any:
         async with SqliteStore(folder / ".parallax" / "parallax.db") as store:
             return await api.load_run(store, run_id)
 
-    run = asyncio.run(state())
+    return asyncio.run(state())
+
+
+def assert_settings_applied(folder: Path, name: str) -> None:
+    """The run's plan has the configured budget, at most 2 agents ran at once, on_finish ran."""
+    [run_id] = wait_until(lambda: runs_of(folder, name), timeout=120, what=f"a run of {name}")
+    run = finished_run(folder, run_id)
     assert run.status == "succeeded", run.error
     assert run.plan is not None and run.plan.budget.max_tokens == 12345
     peak = current = 0
@@ -102,7 +95,7 @@ def assert_settings_applied(folder: Path, name: str) -> None:
         current += 1 if line == "start" else -1
         peak = max(peak, current)
     assert peak <= 2, f"{peak} agents ran at once; the configured concurrency is 2"
-    assert json.loads(finished.read_text())["event"]["data"]["status"] == "succeeded"
+    assert json.loads((folder / f"finished-{run_id}.json").read_text())["event"]["data"]["status"] == "succeeded"
 
 
 def test_the_cli(tmp_path: Path) -> None:
@@ -165,15 +158,8 @@ def test_a_schedule(server: tuple[Path, str]) -> None:
 
 def assert_settings_applied_first(folder: Path, name: str) -> None:
     """As `assert_settings_applied`, for the first run of a schedule that may fire again."""
-    first = wait_until(lambda: runs_of(folder, name), what=f"a run of {name}")[0]
-    finished = folder / f"finished-{first}.json"
-    wait_until(finished.exists, what=f"the on_finish hook of {first}")
-
-    async def state() -> Any:
-        async with SqliteStore(folder / ".parallax" / "parallax.db") as store:
-            return await api.load_run(store, first)
-
-    run = asyncio.run(state())
+    first = wait_until(lambda: runs_of(folder, name), timeout=120, what=f"a run of {name}")[0]
+    run = finished_run(folder, first)
     assert run.status == "succeeded" and run.plan is not None and run.plan.budget.max_tokens == 12345
 
 
