@@ -37,6 +37,7 @@ class AgentResult:
     confidence: float | None = None
     usage: dict[str, Any] = field(default_factory=dict[str, Any])
     model: BaseModel | None = None  # the validated model `output` was dumped from, when there is one
+    cached: bool = False  # served from the run's result cache: nothing ran
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def _created(state: RunState, event: Event) -> None:
 
 
 def _resumed(state: RunState, event: Event) -> None:
-    state.coordinator = event.data.get("coordinator")
+    state.coordinator = ev.RunResumed.read(event).coordinator
     if not state.finished:
         state.status = "running"
 
@@ -205,7 +205,8 @@ def _started(state: RunState, event: Event) -> None:
     if step.done:
         return
     step.status = "running"
-    step.attempts = max(step.attempts, int(event.data.get("attempt", step.attempts + 1)))
+    attempt = ev.StepStarted.read(event).attempt
+    step.attempts = max(step.attempts, int(attempt if attempt is not None else step.attempts + 1))
     step.started_at = event.timestamp
     step.error = None
 
@@ -214,15 +215,15 @@ def _output(state: RunState, event: Event) -> None:
     step = state.step(event.step or "")
     if step.status == "succeeded":
         return
+    output = ev.StepOutput.read(event)
     step.status = "succeeded"
-    step.output = event.data.get("output")
-    confidence = event.data.get("confidence")
-    step.confidence = None if confidence is None else float(confidence)
-    step.cached = bool(event.data.get("cached", False))
+    step.output = output.output
+    step.confidence = None if output.confidence is None else float(output.confidence)
+    step.cached = bool(output.cached)
     step.finished_at = event.timestamp
     step.output_seq = event.seq_num
     step.error = None
-    usage = event.data.get("usage") or {}
+    usage = output.usage or {}
     step.usage.add(usage)
     state.usage.add(usage)
 
@@ -231,12 +232,13 @@ def _failed(state: RunState, event: Event) -> None:
     step = state.step(event.step or "")
     if step.done:
         return
-    step.error = event.data.get("error")
+    failed = ev.StepFailed.read(event)
+    step.error = failed.error
     step.failures += 1
-    usage = event.data.get("usage") or {}
+    usage = failed.usage or {}
     step.usage.add(usage)
     state.usage.add(usage)
-    if event.data.get("final", True):
+    if failed.final:
         step.status = "failed"
         step.finished_at = event.timestamp
 
@@ -244,8 +246,9 @@ def _failed(state: RunState, event: Event) -> None:
 def _escalated(state: RunState, event: Event) -> None:
     step = state.step(event.step or "")
     if not step.done and step.escalated_model is None:
-        step.escalated_model = str(event.data["model"])
-        step.escalated_at = int(event.data.get("attempt", step.attempts))
+        escalated = ev.StepEscalated.read(event)
+        step.escalated_model = str(escalated.model)
+        step.escalated_at = int(escalated.attempt if escalated.attempt is not None else step.attempts)
 
 
 def _skipped(state: RunState, event: Event) -> None:
@@ -253,25 +256,26 @@ def _skipped(state: RunState, event: Event) -> None:
     if step.done:
         return
     step.status = "skipped"
-    step.skipped_reason = event.data.get("reason")
+    step.skipped_reason = ev.StepSkipped.read(event).reason
     step.finished_at = event.timestamp
 
 
 def _steps_added(state: RunState, event: Event) -> None:
     if state.plan is None:
         return
-    added = tuple(Step.model_validate(s) for s in event.data.get("steps", ()))
+    grown = ev.StepsAdded.read(event)
+    added = tuple(Step.model_validate(s) for s in grown.steps or ())
     known = {s.id for s in state.plan.steps}
     added = tuple(s for s in added if s.id not in known)
-    rewire = {k: tuple(v) for k, v in (event.data.get("rewire") or {}).items()}
+    rewire = {k: tuple(v) for k, v in (grown.rewire or {}).items()}
     if added or rewire:
         state.plan = state.plan.extended(added, rewire)
     for step in added:
         state.steps.setdefault(step.id, StepState(step.id))
-    session = event.data.get("session")
+    session = grown.session
     if isinstance(session, dict) and "name" in session:
         state.sessions[str(session["name"])] = session
-    for seq, outcome in (event.data.get("applied") or {}).items():
+    for seq, outcome in (grown.applied or {}).items():
         state.applied[int(seq)] = str(outcome)
 
 
@@ -280,7 +284,7 @@ def _topology_requested(state: RunState, event: Event) -> None:
 
 
 def _topology_applied(state: RunState, event: Event) -> None:
-    for seq, outcome in (event.data.get("applied") or {}).items():
+    for seq, outcome in (ev.TopologyApplied.read(event).applied or {}).items():
         state.applied[int(seq)] = str(outcome)
 
 
@@ -289,7 +293,7 @@ def _divergence(state: RunState, event: Event) -> None:
 
 
 def _conflict(state: RunState, event: Event) -> None:
-    state.conflicts.append(Conflict.model_validate(event.data["conflict"]))
+    state.conflicts.append(Conflict.model_validate(ev.ConflictFound.read(event).conflict))
 
 
 def _gate_waiting(state: RunState, event: Event) -> None:
@@ -304,16 +308,15 @@ def _gate_decided(state: RunState, event: Event) -> None:
     step_id = event.step or ""
     if step_id in state.gate_decisions:
         return  # the first decision stands
+    decided = ev.GateDecided.read(event)
     state.gate_decisions[step_id] = GateDecision(
-        approved=bool(event.data.get("approved")),
-        by=str(event.data.get("by", "")),
-        note=str(event.data.get("note", "")),
-        seq_num=event.seq_num,
+        approved=bool(decided.approved), by=str(decided.by), note=str(decided.note), seq_num=event.seq_num
     )
 
 
 def _circuit(state: RunState, event: Event) -> None:
-    state.circuits[event.data["provider"]] = event.data["state"]
+    circuit = ev.CircuitChanged.read(event)
+    state.circuits[circuit.provider] = circuit.state
 
 
 def _budget(state: RunState, event: Event) -> None:
@@ -325,13 +328,14 @@ def _cancel(state: RunState, event: Event) -> None:
 
 
 def _finished(state: RunState, event: Event) -> None:
-    state.status = event.data["status"]
-    if "result_steps" in event.data:
-        outputs = {s: state.steps[s].output for s in event.data["result_steps"] if s in state.steps}
-        single = event.data.get("single_result") and len(outputs) == 1
+    finished = ev.RunFinished.read(event)
+    state.status = finished.status  # type: ignore[assignment]
+    if finished.result_steps is not None:
+        outputs = {s: state.steps[s].output for s in finished.result_steps if s in state.steps}
+        single = finished.single_result and len(outputs) == 1
         state.result = next(iter(outputs.values())) if single else outputs
     else:
-        state.result = event.data.get("result")
+        state.result = finished.result
     state.finished_at = event.timestamp
 
 

@@ -98,7 +98,7 @@ async def request_cancel(store: StreamStore, run_id: str, reason: str = "") -> N
     state = await load_run(store, run_id)
     if state.finished:
         raise UserError(f"run {run_id} already finished ({state.status})")
-    event = Event(ev.RUN_CANCEL_REQUESTED, {"reason": reason})
+    event = ev.RunCancelRequested(reason).event()
     await store.append(control_stream(run_id), AppendInput([stored_record(event)]))
 
 
@@ -122,7 +122,7 @@ async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: b
             decided = state.gate_decisions[step]
             verdict = "approved" if decided.approved else "rejected"
             raise UserError(f"gate {step!r} was already {verdict} by {decided.by}")
-        return [Event(ev.GATE_DECIDED, {"approved": approved, "by": by, "note": note}, step=step)]
+        return [ev.GateDecided(approved, by, note).event(step)]
 
     await log.decide_and_append(decide)
 

@@ -1,5 +1,6 @@
-"""Step kinds other than agents, each in its own module behind a narrow `StepContext`; the
-runner looks a step's kind up here and only schedules."""
+"""Step kinds, each in its own module behind a narrow `StepContext`; the runner looks a step's
+kind up here and only schedules. Agent steps (`steps.agent.AgentSteps`) hold the run's data
+plane, so the runner makes one per run and adds it to this table as "agent"."""
 
 from __future__ import annotations
 

@@ -23,33 +23,24 @@ from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 
 async def run_control(ctx: StepContext, step: Step) -> None:
     outcome = expand(step, ctx.state)
-    started = Event(ev.STEP_STARTED, {"attempt": 1, "kind": "control"}, step=step.id)
+    started = ev.StepStarted(1, "control").event(step.id)
     if outcome.error is not None:
-        await ctx.emit(started, Event(ev.STEP_FAILED, {"error": outcome.error, "final": True}, step=step.id))
+        await ctx.emit(started, ev.StepFailed(outcome.error).event(step.id))
         return
     await _stream_work(ctx.store, ctx.run_id, outcome)
     events = [started]
     if outcome.add or outcome.rewire or outcome.session is not None or outcome.applied:
-        events.append(
-            Event(
-                ev.STEPS_ADDED,
-                {
-                    "steps": [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) for s in outcome.add],
-                    "rewire": outcome.rewire,
-                    "session": outcome.session,
-                    "applied": {str(k): v for k, v in outcome.applied.items()},
-                },
-                step=step.id,
-            )
+        grown = ev.StepsAdded(
+            [s.model_dump(mode="json", by_alias=True, exclude_defaults=True) for s in outcome.add],
+            {k: list(v) for k, v in outcome.rewire.items()},
+            outcome.session,
+            {str(k): v for k, v in outcome.applied.items()},
         )
-    events += [
-        Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in outcome.conflicts
-    ]
+        events.append(grown.event(step.id))
+    events += [ev.ConflictFound(c.model_dump(mode="json")).event(step.id) for c in outcome.conflicts]
     if outcome.divergence is not None:
         events.append(Event(ev.DIVERGENCE, outcome.divergence, step=step.id))
-    events.append(
-        Event(ev.STEP_OUTPUT, {"output": outcome.output, "confidence": outcome.confidence, "attempt": 1}, step=step.id)
-    )
+    events.append(ev.StepOutput(outcome.output, outcome.confidence, attempt=1).event(step.id))
     await ctx.emit(*events)
 
 

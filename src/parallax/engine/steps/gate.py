@@ -6,7 +6,6 @@ import asyncio
 import time
 
 from parallax.core import events as ev
-from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.engine.steps.context import StepContext
 
@@ -20,7 +19,7 @@ async def run_gate(ctx: StepContext, step: Step) -> None:
         await _check_gate(ctx, step)
         return
     if ctx.state.steps[step.id].status != "waiting":
-        await ctx.emit(Event(ev.GATE_WAITING, {"prompt": gate.prompt or step.id}, step=step.id))
+        await ctx.emit(ev.GateWaiting(gate.prompt or step.id).event(step.id))
     # The timeout counts from when the gate started waiting (on the log), across resumes.
     waiting_since = (ctx.state.steps[step.id].started_at or time.time_ns() // 1_000_000) / 1000
     deadline = None if gate.timeout_s is None else waiting_since + gate.timeout_s
@@ -32,20 +31,15 @@ async def run_gate(ctx: StepContext, step: Step) -> None:
                 await ctx.foreign.wait()
         except TimeoutError:
             approved = gate.on_timeout == "approve"
-            await ctx.emit(
-                Event(
-                    ev.GATE_DECIDED,
-                    {"approved": approved, "by": "timeout", "note": f"no decision in {gate.timeout_s:g}s"},
-                    step=step.id,
-                )
-            )
+            decided = ev.GateDecided(approved, "timeout", f"no decision in {gate.timeout_s:g}s")
+            await ctx.emit(decided.event(step.id))
     decision = ctx.state.gate_decisions[step.id]
     if decision.approved:
         output = {"approved": True, "by": decision.by, "note": decision.note}
-        await ctx.emit(Event(ev.STEP_OUTPUT, {"output": output, "attempt": 1}, step=step.id))
+        await ctx.emit(ev.StepOutput(output, attempt=1).event(step.id))
     else:
         error = f"rejected by {decision.by}" + (f": {decision.note}" if decision.note else "")
-        await ctx.emit(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
+        await ctx.emit(ev.StepFailed(error).event(step.id))
 
 
 async def _check_gate(ctx: StepContext, step: Step) -> None:
@@ -64,8 +58,6 @@ async def _check_gate(ctx: StepContext, step: Step) -> None:
         if found:
             problems.append(f"{len(found)} unresolved conflict(s)")
     if problems:
-        await ctx.emit(
-            Event(ev.STEP_FAILED, {"error": "check failed: " + "; ".join(problems), "final": True}, step=step.id)
-        )
+        await ctx.emit(ev.StepFailed("check failed: " + "; ".join(problems)).event(step.id))
     else:
-        await ctx.emit(Event(ev.STEP_OUTPUT, {"output": {"passed": True}, "attempt": 1}, step=step.id))
+        await ctx.emit(ev.StepOutput({"passed": True}, attempt=1).event(step.id))

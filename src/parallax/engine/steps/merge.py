@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from parallax.agents.refs import resolve_model, resolve_ref
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
-from parallax.core.events import Event
 from parallax.core.merge import PythonRule, count_votes, merge_contributions
 from parallax.core.plan import Step
 from parallax.core.state import describe_gap
@@ -74,8 +73,8 @@ async def record_merge(
     """Record the merge: its conflicts, then its document; or, when fewer inputs contributed
     than the merge needs (`MergeSpec.min_contributions`, default all), its conflicts and a
     failure naming the missing inputs."""
-    events = [Event(ev.STEP_STARTED, {"attempt": 1, "kind": "merge"}, step=step.id)]
-    events += [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in conflicts]
+    events = [ev.StepStarted(1, "merge").event(step.id)]
+    events += [ev.ConflictFound(c.model_dump(mode="json")).event(step.id) for c in conflicts]
     missing = missing or []
     needed = step.merge.needed(len(step.after)) if step.merge is not None else 0
     if len(step.after) - len(missing) < needed:
@@ -84,17 +83,9 @@ async def record_merge(
             f"{len(step.after) - len(missing)} of {len(step.after)} inputs contributed ({', '.join(missing)} did not);"
             f" this merge needs {allowed} (set min_contributions to allow gaps)"
         )
-        events.append(Event(ev.STEP_FAILED, {"error": error, "final": True}, step=step.id))
+        events.append(ev.StepFailed(error).event(step.id))
         await ctx.emit(*events)
         return
-    events.append(
-        Event(
-            ev.STEP_OUTPUT,
-            {
-                "output": {"document": document, "conflicts": [c.model_dump(mode="json") for c in conflicts]},
-                "attempt": 1,
-            },
-            step=step.id,
-        )
-    )
+    merged = {"document": document, "conflicts": [c.model_dump(mode="json") for c in conflicts]}
+    events.append(ev.StepOutput(merged, attempt=1).event(step.id))
     await ctx.emit(*events)  # one atomic append: a merge is recorded whole or not at all

@@ -4,7 +4,6 @@ resumed rather than restarted after a crash; its result is the step's output."""
 from __future__ import annotations
 
 from parallax.core import events as ev
-from parallax.core.events import Event
 from parallax.core.plan import Plan, Step
 from parallax.core.template import render
 from parallax.engine.steps.context import StepContext
@@ -19,15 +18,11 @@ async def run_subrun(ctx: StepContext, step: Step) -> None:
     plan = Plan.model_validate(step.subrun.plan)
     plan = plan.model_copy(update={"inputs": {**plan.inputs, **inputs}}).revalidated()
     child = f"{ctx.run_id}.{step.id}"
-    await ctx.emit(Event(ev.STEP_STARTED, {"attempt": 1, "kind": "subrun", "run": child}, step=step.id))
+    await ctx.emit(ev.StepStarted(1, "subrun", child).event(step.id))
     state = await ctx.run_child(child, plan, f"breakout of {ctx.run_id}/{step.id}")
     if state.status == "succeeded":
         output = {"run": child, "result": state.result, "conflicts": len(state.conflicts)}
-        await ctx.emit(
-            Event(ev.STEP_OUTPUT, {"output": output, "usage": state.usage.as_dict(), "attempt": 1}, step=step.id)
-        )
+        await ctx.emit(ev.StepOutput(output, usage=state.usage.as_dict(), attempt=1).event(step.id))
     else:
         error = f"sub-run {child} ended {state.status}"
-        await ctx.emit(
-            Event(ev.STEP_FAILED, {"error": error, "final": True, "usage": state.usage.as_dict()}, step=step.id)
-        )
+        await ctx.emit(ev.StepFailed(error, usage=state.usage.as_dict()).event(step.id))

@@ -23,7 +23,7 @@ async def run_tasks_step(ctx: StepContext, step: Step) -> None:
     spec = TaskGraphSpec.model_validate(step.tasks)
     repo = ctx.options.workdir or Path.cwd()
     options = TaskRunOptions(repo=repo, parent_env=ctx.options.parent_env)
-    await ctx.emit(Event(ev.STEP_STARTED, {"attempt": 1, "kind": "tasks"}, step=step.id))
+    await ctx.emit(ev.StepStarted(1, "tasks").event(step.id))
     prefix = f"{ctx.options.coordinator}-{secrets.token_hex(2)}"
     inputs = ctx.plan.inputs
     await asyncio.gather(
@@ -43,7 +43,7 @@ async def run_tasks_step(ctx: StepContext, step: Step) -> None:
         "errors": {t.id: t.error for t in board.tasks.values() if t.error},
         "verify": result.verify,
     }
-    events = [Event(ev.CONFLICT_FOUND, {"conflict": c.model_dump(mode="json")}, step=step.id) for c in result.conflicts]
+    events = [ev.ConflictFound(c.model_dump(mode="json")).event(step.id) for c in result.conflicts]
     problems = [f"{t} {s}" for t, s in statuses.items() if s != "merged"]
     if result.conflicts:
         problems.append(f"{len(result.conflicts)} merge conflict(s)")
@@ -51,9 +51,9 @@ async def run_tasks_step(ctx: StepContext, step: Step) -> None:
         problems.append(f"verify exited {result.verify['exit']}")
     events.append(Event("tasks.integrated", output, step=step.id))
     if problems:
-        events.append(Event(ev.STEP_FAILED, {"error": "; ".join(problems), "final": True}, step=step.id))
+        events.append(ev.StepFailed("; ".join(problems)).event(step.id))
     else:
-        events.append(Event(ev.STEP_OUTPUT, {"output": output, "attempt": 1}, step=step.id))
+        events.append(ev.StepOutput(output, attempt=1).event(step.id))
     await ctx.emit(*events)
 
 
