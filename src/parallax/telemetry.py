@@ -14,21 +14,16 @@ its own tracer provider gets Parallax's spans in its traces without any of this.
 from __future__ import annotations
 
 import atexit
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import sys
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any
 
 from parallax import __version__
 
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import trace
-
-    AVAILABLE = True
-except ImportError:  # pragma: no cover - the API ships with pydantic-ai; kept optional anyway
-    AVAILABLE = False
-
 _provider: Any = None  # a provider set by the program (tests: an in-memory exporter)
+_tracers: tuple[Any, Any] | None = None  # (provider, its tracer) last used
 
 
 def set_tracer_provider(provider: Any) -> None:
@@ -38,13 +33,30 @@ def set_tracer_provider(provider: Any) -> None:
 
 
 def _tracer() -> Any:
-    if not AVAILABLE:
-        return None
-    provider = _provider or trace.get_tracer_provider()
-    return provider.get_tracer("parallax", __version__)
+    """The tracer to use, or None when tracing is off. Tracing is off unless a provider was
+    set here or installed globally (which needs `opentelemetry.trace` imported: Parallax never
+    imports it for a run that does not trace, so a span costs one dict lookup then)."""
+    global _tracers
+    provider = _provider
+    if provider is None:
+        trace = sys.modules.get("opentelemetry.trace")
+        if trace is None:
+            return None
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            return None
+    if _tracers is None or _tracers[0] is not provider:
+        _tracers = (provider, provider.get_tracer("parallax", __version__))
+    return _tracers[1]
 
 
-class _NoSpan:
+def enabled() -> bool:
+    return _tracer() is not None
+
+
+class _NoSpan(AbstractContextManager["_NoSpan"]):
+    """What a span is when tracing is off: one shared object that records nothing."""
+
     def set_attribute(self, key: str, value: Any) -> None: ...
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None: ...
@@ -55,18 +67,24 @@ class _NoSpan:
 
     def end(self) -> None: ...
 
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        return None
 
-@contextmanager
-def span(name: str, attributes: Mapping[str, Any] | None = None, *, parent: Any = None) -> Iterator[Any]:
-    """A span around a block (a no-op when tracing is off). `parent`: a context from
-    `current_context()` to attach to instead of the current one."""
+
+_NO_SPAN = _NoSpan()
+
+
+def span(name: str, attributes: Mapping[str, Any] | None = None, *, parent: Any = None) -> AbstractContextManager[Any]:
+    """A span around a block (`with span(...) as current:`; a shared no-op when tracing is
+    off). `parent`: a context from `current_context()` to attach to instead of the current one."""
     tracer = _tracer()
     if tracer is None:
-        yield _NoSpan()
-        return
+        return _NO_SPAN
     clean = {k: v for k, v in (attributes or {}).items() if v is not None}
-    with tracer.start_as_current_span(name, context=parent, attributes=clean, record_exception=True) as current:
-        yield current
+    manager: AbstractContextManager[Any] = tracer.start_as_current_span(
+        name, context=parent, attributes=clean, record_exception=True
+    )
+    return manager
 
 
 def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> Any:
@@ -74,13 +92,17 @@ def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> Any:
     such as a tool call seen as two stream events."""
     tracer = _tracer()
     if tracer is None:
-        return _NoSpan()
+        return _NO_SPAN
     clean = {k: v for k, v in (attributes or {}).items() if v is not None}
     return tracer.start_span(name, attributes=clean)
 
 
 def current_context() -> Any:
-    return otel_context.get_current() if AVAILABLE else None
+    if _tracer() is None:
+        return None
+    from opentelemetry import context as otel_context
+
+    return otel_context.get_current()
 
 
 def gen_ai_attributes(model: str | None, usage: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -105,9 +127,10 @@ def configure_from_env(environ: Mapping[str, str]) -> bool:
     endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not exporter_name and endpoint:
         exporter_name = "otlp"
-    if exporter_name in ("", "none") or not AVAILABLE:
+    if exporter_name in ("", "none"):
         return False
     try:
+        from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter

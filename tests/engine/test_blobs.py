@@ -58,3 +58,32 @@ async def test_a_step_output_over_a_record_goes_to_a_blob(store: StreamStore) ->
     assert max(len(r.body) for r in records) < 64 * 1024  # the log holds a reference, not 3 MB
     again = await api.load_run(store, "big")  # read back: resolved from the blob
     assert again.steps["big"].output == state.steps["big"].output
+
+
+async def instant(ctx: AgentContext) -> dict[str, Any]:
+    return {"step": ctx.step_id}
+
+
+def _wide_plan(n: int) -> Plan:
+    """A fan-out whose plan is far over the 1 MiB record limit (each step's prompt ~900 bytes)."""
+    agent = AgentSpec(kind="python", ref=f"{__name__}:instant")
+    words = " ".join(f"point-{i}" for i in range(100))
+    steps = tuple(Step(id=f"a{i}", kind="agent", agent=agent, prompt=f"{i}: {words}") for i in range(n))
+    final = Step(id="last", kind="agent", agent=agent, after=tuple(s.id for s in steps))
+    return Plan(name="wide", steps=(*steps, final))
+
+
+async def test_a_plan_over_a_record_goes_to_a_blob_and_runs(store: StreamStore) -> None:
+    plan = _wide_plan(1500)
+    assert len(plan.canonical_json()) > 1024 * 1024  # one record could not hold it
+    state = await api.run_plan(store, plan, run_id="wide")
+    assert state.status == "succeeded"
+    assert state.steps["last"].output == {"step": "last"}
+    records = await store.read_all(control_stream("wide"))
+    assert max(len(r.body) for r in records) < 64 * 1024  # the log names the plan's blob
+    again = await api.load_run(store, "wide")
+    assert again.plan is not None and again.plan.content_hash() == plan.content_hash()
+    listed = {r.run_id: r for r in await api.list_runs(store)}
+    assert (listed["wide"].name, listed["wide"].status, listed["wide"].steps) == ("wide", "succeeded", 1501)
+    forked = await api.fork_run(store, "wide", 2, plan=plan)  # a fork that replaces the plan: a blob too
+    assert (await api.load_run(store, forked)).plan == plan

@@ -48,12 +48,12 @@ async def test_resume_from_a_snapshot_equals_a_full_fold(tmp_path: Path) -> None
     async with SqliteStore(tmp_path / "s.db") as store:
         run_id = await api.create_run(store, long_plan(), run_id="long")
         await write_history(store, run_id, rounds=40)  # 40 x 81 = 3,240 events
-        snapshots = await store.read_all(snapshot_stream(run_id))
-        assert len(snapshots) == 3  # one per SNAPSHOT_EVERY records
+        snapshots = await pointers(store, run_id)
+        assert len(snapshots) == 1  # the newest; the older one was trimmed
         found = await load_snapshot(store, run_id, control_stream(run_id))
         assert found is not None
         snapshot_state, at = found
-        assert at == json.loads(snapshots[-1].body)["at"] >= 3 * SNAPSHOT_EVERY
+        assert at == snapshots[-1]["at"] >= 2 * SNAPSHOT_EVERY  # at 1,000 records, then at twice that
         assert snapshot_state.next_seq <= at
         from_snapshot = await api.load_run(store, run_id)
         full = fold(await read_events(store, control_stream(run_id)))
@@ -68,7 +68,7 @@ async def test_a_snapshot_that_does_not_match_the_log_is_ignored(tmp_path: Path)
         await write_history(store, run_id, rounds=20)
         good = await api.load_run(store, run_id)
         # A snapshot claiming a different record at its position (another log's): ignored.
-        newest = json.loads((await store.read_all(snapshot_stream(run_id)))[-1].body)
+        newest = (await pointers(store, run_id))[-1]
         forged = {**newest, "last_digest": "0" * 64}
         await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(json.dumps(forged).encode())]))
         assert await load_snapshot(store, run_id, control_stream(run_id)) is None
@@ -80,6 +80,11 @@ async def test_a_snapshot_that_does_not_match_the_log_is_ignored(tmp_path: Path)
         # Garbage: ignored.
         await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(b"not json")]))
         assert (await api.load_run(store, run_id)).steps == good.steps
+
+
+async def pointers(store: StreamStore, run_id: str) -> list[dict[str, object]]:
+    records = await store.read_all(snapshot_stream(run_id))
+    return [json.loads(r.body) for r in records if r.command is None]
 
 
 def test_snapshots_cannot_run_code() -> None:
@@ -102,3 +107,19 @@ async def test_a_resumed_run_continues_from_the_snapshot(tmp_path: Path) -> None
         state = await api.resume_run(store, run_id)
         assert state.status == "succeeded"
         assert (folder / "executions").read_text().split() == ["last", str(os.getpid())]  # only the new step ran
+
+
+async def test_snapshots_are_spaced_geometrically_and_the_older_ones_pruned(tmp_path: Path) -> None:
+    async with SqliteStore(tmp_path / "s.db") as store:
+        run_id = await api.create_run(store, long_plan(), run_id="long")
+        await write_history(store, run_id, rounds=120)  # 40 x 241 = 9,640 events
+        # Appends of 241 events: snapshots at 1,207, 2,653 and 5,545 records (each once the log
+        # has doubled since the last), where one every 1,000 records would have taken 9.
+        records = await store.read_all(snapshot_stream(run_id))
+        assert [r.seq_num for r in records] == [4, 5]  # the third pointer, and the trim after it
+        kept = await pointers(store, run_id)
+        assert len(kept) == 1 and kept[0]["at"] == 5545
+        blobs = {info.name.removeprefix("blobs/") for info in await store.list("blobs/")}
+        assert blobs == {str(kept[0]["state"]).removeprefix("sha256:"), str(kept[0]["plan"]).removeprefix("sha256:")}
+        state = await api.load_run(store, run_id)
+        assert state.steps == fold(await read_events(store, control_stream(run_id))).steps

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ class AgentLog:
         self.stream = stream
         self.agent = agent
         self.step = step
-        self._pending: list[AppendRecord] = []
+        self._pending: deque[AppendRecord] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
 
@@ -74,7 +75,7 @@ class AgentLog:
                 nxt = self._pending[0].metered_bytes
                 if batch and size + nxt > 1024 * 1024:
                     break
-                batch.append(self._pending.pop(0))
+                batch.append(self._pending.popleft())
                 size += nxt
             try:
                 await self.store.append(self.stream, AppendInput(batch))

@@ -124,6 +124,11 @@ class ReadUnwritten(StreamError):
         self.start = start
 
 
+class StoreUnavailable(StreamError):
+    """The store did not answer in time, or could not be reached: nothing is known to have
+    happened, and trying again later may succeed. Not a failure of whatever was using it."""
+
+
 class RunError(ParallaxError):
     """A run could not go on as planned."""
 

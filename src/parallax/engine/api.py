@@ -16,7 +16,7 @@ from parallax.core.events import Event
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, fold
-from parallax.engine.control import ControlLog, control_stream, read_events
+from parallax.engine.control import ControlLog, control_stream, read_events, resolved, stored_form
 from parallax.engine.runner import Runner, RunOptions
 from parallax.engine.runs import create_run, load_run, new_run_id, stored_record
 from parallax.streams.base import AppendInput, ReadLimit, StreamStore, TailOffset
@@ -90,7 +90,8 @@ async def fork_run(
     if plan is not None:
         data["plan"] = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         data["plan_hash"] = plan.content_hash()
-    await store.append(control_stream(forked), AppendInput([stored_record(Event(ev.RUN_FORKED, data))]))
+    record = stored_record(await stored_form(store, Event(ev.RUN_FORKED, data)))
+    await store.append(control_stream(forked), AppendInput([record]))
     return forked
 
 
@@ -150,9 +151,18 @@ async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
             run_id = info.name.split("/")[1]
             first = await store.read(info.name, limit=ReadLimit(count=1))
             last = await store.read(info.name, TailOffset(1))
-            events = [e for r in (*first.records, *last.records) if (e := record_event(r)) is not None]
-            state = fold(events)
-            name = state.plan.name if state.plan else "?"
-            status = state.status if state.finished else ("running" if state.plan else "?")
-            out.append(RunSummary(run_id, name, status, info.created_at, len(state.steps)))
+            created = next((e for r in first.records if (e := record_event(r)) is not None), None)
+            ended = next((e for r in last.records if (e := record_event(r)) is not None), None)
+            if created is None or created.type != ev.RUN_CREATED:
+                out.append(RunSummary(run_id, "?", "?", info.created_at, 0))
+                continue
+            if "name" in created.data:  # the summary run.created carries: the plan is not read
+                name, steps = str(created.data["name"]), int(created.data.get("steps") or 0)
+            else:  # written before it did
+                plan = fold([await resolved(store, created)]).plan
+                name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
+            finished = (
+                ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
+            )
+            out.append(RunSummary(run_id, name, finished or "running", info.created_at, steps))
     return sorted(out, key=lambda r: r.created_at)[-limit:]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from parallax import telemetry
 from parallax.agents.base import Agent, AgentContext, AgentLog, AgentResult, BudgetView
@@ -99,6 +99,8 @@ async def run_attempt(
         env=dict(env),
         workdir=workdir,
     )
+    if not telemetry.enabled():
+        return await _checked(step, ctx, output_type, await _run_agent(agent, ctx, step))
     model_name = step.agent.model if step.agent.kind in ("llm", "coder") else None
     name = f"chat {model_name}" if model_name else f"parallax.agent {step.agent.kind}"
     attributes = {
@@ -106,18 +108,23 @@ async def run_attempt(
         "parallax.attempt": request.attempt, "parallax.stream": agent_stream(request.run_id, step.id),
         **(telemetry.gen_ai_attributes(model_name, None) if model_name else {}),
     }  # fmt: skip
+    with telemetry.span(name, attributes) as current:
+        result = await _run_agent(agent, ctx, step)
+        if model_name:
+            usage = telemetry.gen_ai_attributes(model_name, result.usage)
+            current.set_attributes({k: v for k, v in usage.items() if v is not None})
+        elif result.usage:
+            current.set_attribute("parallax.cost_usd", result.usage.get("cost_usd"))
+    return await _checked(step, ctx, output_type, result)
+
+
+async def _run_agent(agent: Agent, ctx: AgentContext, step: Step) -> AgentResult:
+    """The agent's run under the step's timeout; whatever else it raises is its failure."""
     try:
-        with telemetry.span(name, attributes) as current:
-            if step.timeout_s is None:
-                result = await agent.run(ctx)
-            else:
-                async with asyncio.timeout(step.timeout_s):
-                    result = await agent.run(ctx)
-            if model_name:
-                usage = telemetry.gen_ai_attributes(model_name, result.usage)
-                current.set_attributes({k: v for k, v in usage.items() if v is not None})
-            elif result.usage:
-                current.set_attribute("parallax.cost_usd", result.usage.get("cost_usd"))
+        if step.timeout_s is None:
+            return await agent.run(ctx)
+        async with asyncio.timeout(step.timeout_s):
+            return await agent.run(ctx)
     except TimeoutError:
         raise AgentTimeout(f"step {step.id} ran past its timeout of {step.timeout_s:g}s") from None
     except AgentFailed:
@@ -126,6 +133,12 @@ async def run_attempt(
         # The agent itself raised: a bug in it, or a failure it did not classify.
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         raise AgentFailed(f"agent {step.id} raised {detail}", retryable=False) from e
+
+
+async def _checked(
+    step: Step, ctx: AgentContext, output_type: type[BaseModel] | None, result: AgentResult
+) -> AgentResult:
+    """The result typed by the step's output model, its own confidence taken, verified."""
     if output_type is not None:
         model = result.model
         if type(model) is not output_type:  # the agent handed back its own model: no second validation

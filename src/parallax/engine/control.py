@@ -8,9 +8,10 @@ Guarantees:
 - If another process appended in between (a person approving a gate, a cancel request),
   the append fails with SeqNumMismatch; the log reads those records, folds them, and tries
   again. If another coordinator fenced the stream, every waiting emit fails with `Fenced`.
-- A step output too large for a record of its own (over 256 KiB of JSON) is kept as a blob
-  (`StreamStore.put_blob`) and the record names it (`{"$blob": "sha256:...", "bytes": n}`);
-  reading the log back resolves it, so the fold never sees the difference.
+- A step output or a plan too large for a record of its own (over 256 KiB of JSON) is kept as
+  a blob (`StreamStore.put_blob`) and the record names it (`{"$blob": "sha256:...", "bytes": n}`);
+  reading the log back resolves it, so the fold never sees the difference (and a plan of any
+  size fits the log).
 """
 
 from __future__ import annotations
@@ -26,35 +27,42 @@ import orjson
 from parallax.core import events as ev
 from parallax.core.errors import Fenced, FencingTokenMismatch
 from parallax.core.events import Event
+from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
-from parallax.engine.snapshots import SNAPSHOT_EVERY, dump_state, load_snapshot, write_snapshot
+from parallax.engine.snapshots import dump_plan, dump_state, load_snapshot, snapshot_due, write_snapshot
 from parallax.streams.base import MAX_BATCH_BYTES, AppendRecord, Record, StreamStore
 from parallax.streams.folded import FoldedStream, event_record, positioned, record_event
 
 BLOB_THRESHOLD = 256 * 1024
 
 
+# The field of each event type that may be too large for a record.
+_BLOB_FIELDS = {ev.STEP_OUTPUT: "output", ev.RUN_CREATED: "plan", ev.RUN_FORKED: "plan"}
+
+
 async def stored_form(store: StreamStore, event: Event) -> Event:
-    """The event as it goes on the log: a large step output moved into a blob."""
-    if event.type != ev.STEP_OUTPUT or "output" not in event.data:
+    """The event as it goes on the log: a large step output or plan moved into a blob."""
+    name = _BLOB_FIELDS.get(event.type)
+    if name is None or name not in event.data:
         return event
-    encoded = orjson.dumps(event.data["output"])
+    encoded = orjson.dumps(event.data[name])
     if len(encoded) <= BLOB_THRESHOLD:
         return event
     ref = await store.put_blob(encoded)
-    data = {**event.data, "output": {"$blob": ref, "bytes": len(encoded)}}
+    data = {**event.data, name: {"$blob": ref, "bytes": len(encoded)}}
     return Event(event.type, data, event.step, event.agent, event.idem, event.seq_num, event.timestamp)
 
 
 async def resolved(store: StreamStore, event: Event) -> Event:
-    """The event as it was emitted: a blob-held step output read back."""
-    if event.type != ev.STEP_OUTPUT:
+    """The event as it was emitted: a blob-held step output or plan read back."""
+    name = _BLOB_FIELDS.get(event.type)
+    if name is None:
         return event
-    output: Any = event.data.get("output")
-    if not (isinstance(output, dict) and isinstance(output.get("$blob"), str) and len(output) == 2):
+    value: Any = event.data.get(name)
+    if not (isinstance(value, dict) and isinstance(value.get("$blob"), str) and len(value) == 2):
         return event
-    data = {**event.data, "output": orjson.loads(await store.get_blob(output["$blob"]))}
+    data = {**event.data, name: orjson.loads(await store.get_blob(value["$blob"]))}
     return Event(event.type, data, event.step, event.agent, event.idem, event.seq_num, event.timestamp)
 
 
@@ -96,7 +104,7 @@ class ControlLog:
         self.store = store
         self.on_folded = on_folded  # called with each event others appended, folded after load()
         self._loaded = False
-        self.snapshots = snapshots  # take fold snapshots every SNAPSHOT_EVERY records (the coordinator does)
+        self.snapshots = snapshots  # take fold snapshots (the coordinator does; see engine.snapshots)
         self.on_event = on_event  # called with each event once its append is acknowledged
         self.run_id = run_id
         self.stream = control_stream(run_id)
@@ -114,7 +122,10 @@ class ControlLog:
         self._flusher: asyncio.Task[None] | None = None
         self.foreign = asyncio.Event()  # set whenever records written by someone else are folded
         self._snapshot_at = 0
+        self._snapshot_due = False
         self._snapshot_writes: set[asyncio.Task[None]] = set()
+        self._snapshot_chain: asyncio.Task[None] | None = None  # the last write: writes go one at a time
+        self._plan_blob: tuple[Plan, asyncio.Task[tuple[str, str]]] | None = None
 
     @property
     def tail(self) -> int:
@@ -148,18 +159,42 @@ class ControlLog:
         return self.state
 
     def _maybe_snapshot(self) -> None:
-        """Every SNAPSHOT_EVERY records: pickle the state now (it folds exactly [0, tail)) and
-        keep it in the background; a failed write only means the next resume folds more."""
-        last = self.folded.last_record
-        if not self.snapshots or last is None or self.tail - self._snapshot_at < SNAPSHOT_EVERY:
+        """When a snapshot is due (`snapshot_due`), take it just after the current callback,
+        outside the log's lock."""
+        if not self.snapshots or self._snapshot_due or not snapshot_due(self.tail, self._snapshot_at):
+            return
+        self._snapshot_due = True
+        asyncio.get_running_loop().call_soon(self._take_snapshot)
+
+    def _take_snapshot(self) -> None:
+        """Pickle the state now (synchronously: it folds exactly [0, tail)) and keep it in the
+        background; a failed write only means the next resume folds more."""
+        self._snapshot_due = False
+        last, plan = self.folded.last_record, self.state.plan
+        if last is None or plan is None or not snapshot_due(self.tail, self._snapshot_at):
             return
         self._snapshot_at = self.tail
         payload = dump_state(self.state)
-        task = asyncio.get_running_loop().create_task(
-            write_snapshot(self.store, self.run_id, payload, self.tail, last, self.folded.last_timestamp)
-        )
+        loop = asyncio.get_running_loop()
+        if self._plan_blob is None or self._plan_blob[0] is not plan:
+            self._plan_blob = (plan, loop.create_task(self._keep_plan(plan)))
+        previous, plan_blob = self._snapshot_chain, self._plan_blob[1]
+        at, timestamp = self.tail, self.folded.last_timestamp
+
+        async def write() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await write_snapshot(self.store, self.run_id, payload, await plan_blob, at, last, timestamp)
+
+        task = self._snapshot_chain = loop.create_task(write())
         self._snapshot_writes.add(task)
         task.add_done_callback(_finished_write(self._snapshot_writes))
+
+    async def _keep_plan(self, plan: Plan) -> tuple[str, str]:
+        """The plan's blob and content hash (dumped in a thread: a plan is immutable)."""
+        data, digest = await asyncio.to_thread(dump_plan, plan)
+        return await self.store.put_blob(data), digest
 
     async def sync(self) -> list[Event]:
         """Fold whatever others appended since our tail."""

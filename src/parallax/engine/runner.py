@@ -25,11 +25,13 @@ from parallax.core.errors import (
     Fenced,
     PlanError,
     RunNotFound,
+    StoreUnavailable,
 )
 from parallax.core.events import Event
 from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState
 from parallax.engine.control import ControlLog
+from parallax.engine.heap import frozen_heap
 from parallax.engine.hooks import Hooks
 from parallax.engine.options import RunOptions as RunOptions
 from parallax.engine.runs import create_run, load_run
@@ -111,6 +113,12 @@ class Runner:
         self._steps = {s.id: s for s in plan.steps}
         self._remaining = {s.id: sum(1 for d in s.after if not self.state.steps[d].done) for s in plan.steps}
         self._plan_seen = plan
+        with frozen_heap(len(plan.steps)):
+            await self._schedule()
+        return self.state
+
+    async def _schedule(self) -> None:
+        plan = self.plan
         watcher = asyncio.create_task(self._watch_control())
         try:
             for step_id in plan.topological_order():
@@ -130,7 +138,6 @@ class Runner:
             await self.log.close()
             if self.hooks is not None:
                 await self.hooks.drain()
-        return self.state
 
     # Scheduling
 
@@ -141,6 +148,9 @@ class Runner:
 
     async def _run_step(self, step_id: str) -> None:
         step = self._steps[step_id]
+        if not telemetry.enabled():
+            await self._run_step_body(step, step_id)
+            return
         name = f"parallax.merge {step_id}" if step.kind == "merge" else f"parallax.step {step_id}"
         attributes = {"parallax.run_id": self.run_id, "parallax.step": step_id, "parallax.kind": step.kind,
                       "parallax.stream": self.log.stream}  # fmt: skip
@@ -157,7 +167,10 @@ class Runner:
             await self._kinds[step.kind](self, step)
         except asyncio.CancelledError:
             return
-        except Fenced as e:
+        except (Fenced, StoreUnavailable) as e:
+            # Fenced: another coordinator took over. Store unavailable: nothing is wrong with
+            # the step; stop coordinating and leave the run as the log has it, to be resumed
+            # (a worker takes it up again; see engine.worker).
             self._abort(e)
             return
         except Exception as e:  # a bug or a store failure: record it against the step, then stop

@@ -13,7 +13,7 @@ from parallax.core.events import Event
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, remember_plan
-from parallax.engine.control import ControlLog
+from parallax.engine.control import ControlLog, stored_form
 from parallax.streams.base import AppendInput, AppendRecord, StreamStore
 from parallax.streams.folded import event_record
 
@@ -41,10 +41,13 @@ async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = Non
             "plan": plan.model_dump(mode="json", by_alias=True, exclude_defaults=True),
             "plan_hash": plan.content_hash(),
             "source": source,
+            "name": plan.name,  # what `parallax runs` shows, without reading the plan
+            "steps": len(plan.steps),
         },
     )
     try:
-        await store.append(RunStreams(run_id).control, AppendInput([stored_record(event)], match_seq_num=0))
+        record = stored_record(await stored_form(store, event))  # a large plan goes to a blob
+        await store.append(RunStreams(run_id).control, AppendInput([record], match_seq_num=0))
     except SeqNumMismatch:
         raise UserError(f"run {run_id!r} already exists") from None
     return run_id

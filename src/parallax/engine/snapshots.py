@@ -1,9 +1,15 @@
 """Fold snapshots: a checkpoint of a run's folded state, so resuming a long run reads only the
 tail of its control stream.
 
-Every `SNAPSHOT_EVERY` records the coordinator pickles its `RunState` into a blob and appends
-a pointer to `runs/<run>/snapshots`: the position it was taken at, the seq, timestamp and digest
-of the control record just before that position, the fold's version and the blob's address.
+The coordinator pickles its `RunState` (without the plan, which is immutable and kept once per
+plan as a blob of its JSON) into a blob and appends a pointer to `runs/<run>/snapshots`: the
+position it was taken at, the seq, timestamp and digest of the control record just before that
+position, the fold's version and the blobs' addresses. Snapshots are spaced geometrically (the
+first after `SNAPSHOT_EVERY` records, then each when the log has doubled since the last), so
+their total cost over a run is a constant times the final state's size: O(1) per record, where
+a snapshot every fixed number of records would cost O(N) per record. A resume folds at most
+half of the log after the snapshot. Once a newer pointer is written, the older ones are trimmed
+and their state blobs deleted (plan blobs are shared by content, so they stay).
 A reader takes the newest snapshot only if all of that checks out against the log it is about
 to continue (the record is there and hashes the same, the fold version is this code's, the
 blob is whole), and otherwise folds from the start: a snapshot can make resuming faster, never
@@ -13,6 +19,7 @@ cannot be used to run code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,13 +27,22 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+from pydantic import ValidationError
+
 from parallax.core.errors import BlobNotFound, ReadUnwritten, StreamNotFound
+from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
-from parallax.core.state import RunState
+from parallax.core.state import RunState, plan_from
 from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, Record, SeqNum, StreamStore, TailOffset
 
-SNAPSHOT_EVERY = 1000  # control records between snapshots
-FOLD_VERSION = 1  # bump when the fold's meaning changes: older snapshots are then ignored
+SNAPSHOT_EVERY = 1000  # control records before the first snapshot
+FOLD_VERSION = 2  # bump when the fold's or the snapshot's meaning changes: older ones are then ignored
+
+
+def snapshot_due(tail: int, last_at: int) -> bool:
+    """Whether a coordinator whose last snapshot folds [0, last_at) takes one at `tail`."""
+    return tail - last_at >= max(SNAPSHOT_EVERY, last_at)
 
 
 def snapshot_stream(run_id: str) -> str:
@@ -48,6 +64,8 @@ class Snapshot:
     last_timestamp: int
     last_digest: str
     state_ref: str
+    plan_ref: str
+    plan_hash: str
     version: int = FOLD_VERSION
 
 
@@ -65,7 +83,20 @@ class _StateUnpickler(pickle.Unpickler):
 
 
 def dump_state(state: RunState) -> bytes:
-    return pickle.dumps(state, protocol=5)
+    """The state pickled without its plan (see `dump_plan`)."""
+    plan = state.plan
+    state.plan = None
+    try:
+        return pickle.dumps(state, protocol=5)
+    finally:
+        state.plan = plan
+
+
+def dump_plan(plan: Plan) -> tuple[bytes, str]:
+    """The plan as JSON (as `run.created` holds it) and its content hash. A plan is immutable,
+    so this may run in a thread while the run goes on."""
+    data = plan.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return orjson.dumps(data), plan.content_hash()
 
 
 def load_state(data: bytes) -> RunState:
@@ -76,9 +107,16 @@ def load_state(data: bytes) -> RunState:
 
 
 async def write_snapshot(
-    store: StreamStore, run_id: str, payload: bytes, at: int, last: Record | AppendRecord, last_timestamp: int
+    store: StreamStore,
+    run_id: str,
+    payload: bytes,
+    plan: tuple[str, str],
+    at: int,
+    last: Record | AppendRecord,
+    last_timestamp: int,
 ) -> None:
-    """Keep `payload` (a pickled state folding records below `at`) and point to it."""
+    """Keep `payload` (a pickled state folding records below `at`, whose plan is the blob
+    `plan[0]` with content hash `plan[1]`), point to it, then drop the older snapshots."""
     ref = await store.put_blob(payload)
     body = {
         "version": FOLD_VERSION,
@@ -87,23 +125,48 @@ async def write_snapshot(
         "last_timestamp": last_timestamp,
         "last_digest": record_digest(last),
         "state": ref,
+        "plan": plan[0],
+        "plan_hash": plan[1],
     }
-    await store.append(snapshot_stream(run_id), AppendInput([AppendRecord(json.dumps(body).encode())]))
+    stream = snapshot_stream(run_id)
+    older = await _pointers(store, stream)
+    ack = await store.append(stream, AppendInput([AppendRecord(json.dumps(body).encode())]))
+    await store.trim(stream, ack.start.seq_num)
+    for pointer in older:
+        if pointer.get("state") != ref and isinstance(pointer.get("state"), str):
+            await store.delete_blob(pointer["state"])
+
+
+async def _pointers(store: StreamStore, stream: str) -> list[dict[str, Any]]:
+    try:
+        records = await store.read_all(stream)
+    except StreamNotFound:
+        return []
+    out = []
+    for record in records:
+        if record.command is not None:
+            continue
+        with contextlib.suppress(ValueError):
+            data = json.loads(record.body)
+            if isinstance(data, dict):
+                out.append(data)
+    return out
 
 
 async def load_snapshot(store: StreamStore, run_id: str, control: str) -> tuple[RunState, int] | None:
     """The newest snapshot that checks out against `control`, as (state, position), or None."""
-    try:
-        batch = await store.read(snapshot_stream(run_id), TailOffset(1), ReadLimit(count=1))
+    try:  # the newest pointer, and the trim command that may follow it
+        batch = await store.read(snapshot_stream(run_id), TailOffset(3), ReadLimit(count=3))
     except StreamNotFound:
         return None
-    if not batch.records:
+    pointers = [r for r in batch.records if r.command is None]
+    if not pointers:
         return None
     try:
-        data = json.loads(batch.records[0].body)
+        data = json.loads(pointers[-1].body)
         snapshot = Snapshot(
             int(data["at"]), int(data["last_seq"]), int(data["last_timestamp"]), str(data["last_digest"]),
-            str(data["state"]), int(data["version"]),
+            str(data["state"]), str(data["plan"]), str(data["plan_hash"]), int(data["version"]),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None
@@ -122,8 +185,14 @@ async def load_snapshot(store: StreamStore, run_id: str, control: str) -> tuple[
         return None  # another log (a fork, a recreated stream): fold from the start
     try:
         state = load_state(await store.get_blob(snapshot.state_ref))
-    except (BlobNotFound, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        plan = plan_from(
+            {"plan": orjson.loads(await store.get_blob(snapshot.plan_ref)), "plan_hash": snapshot.plan_hash}
+        )
+    except (BlobNotFound, pickle.UnpicklingError, EOFError, AttributeError, ImportError, orjson.JSONDecodeError):
+        return None
+    except ValidationError:
         return None
     if state.next_seq > snapshot.at:
         return None
+    state.plan = plan
     return state, snapshot.at

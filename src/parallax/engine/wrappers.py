@@ -29,12 +29,13 @@ from parallax.engine.dataplane import CircuitBreaker, RateLimits, ResultCache, c
 
 @dataclass(frozen=True)
 class Attempt:
-    """One try at a step: its number (1-based, across resumes), the agent that runs it, what it
-    is given, and what is left of the run's budget when it starts."""
+    """One try at a step: its number (1-based, across resumes), the agent that runs it (None
+    when a worker process runs it: see `engine.work`), what it is given, and what is left of
+    the run's budget when it starts."""
 
     step: Step
     number: int
-    agent: Agent
+    agent: Agent | None
     prompt: str | None
     agent_input: dict[str, Any] = field(default_factory=dict[str, Any])
     budget: BudgetView = field(default_factory=BudgetView)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -193,6 +194,12 @@ class StreamStore(abc.ABC):
         if hashlib.sha256(data).hexdigest() != digest:
             raise BlobNotFound(ref)
         return data
+
+    async def delete_blob(self, ref: str) -> None:
+        """Forget the blob kept under `ref` (nothing happens if there is none). Blobs are shared
+        by content: delete only one that nothing else can name."""
+        with contextlib.suppress(StreamNotFound):
+            await self.delete(f"blobs/{ref.removeprefix('sha256:')}")
 
     def kv(self, bucket: str) -> KeyValue:
         """A key-value bucket with compare-and-swap (leases, the agent registry). By default a

@@ -70,6 +70,7 @@ from parallax.streams.nats_buckets import NatsBlobs, NatsKeyValue
 from parallax.streams.nats_codec import (
     Frame,
     NatsStoreError,
+    NatsUnavailable,
     decode_frame,
     encode_frame,
     frames_for,
@@ -140,6 +141,9 @@ class NatsStore(StreamStore):
 
     async def get_blob(self, ref: str) -> bytes:
         return await self._blobs.get(ref)
+
+    async def delete_blob(self, ref: str) -> None:
+        await self._blobs.delete(ref)
 
     def js_name(self, stream: str) -> str:
         return f"{self.prefix}_{stream_hash(stream)}"
@@ -441,7 +445,7 @@ class NatsStore(StreamStore):
                 try:
                     msg = await keep_cancellation(sub.next_msg(timeout=self.timeout))
                 except NatsTimeout as e:
-                    raise NatsStoreError(f"NATS at {self.url} did not answer a read of {stream!r} in time") from e
+                    raise NatsUnavailable(f"NATS at {self.url} did not answer a read of {stream!r} in time") from e
                 headers = msg.headers or {}
                 status = headers.get("Status")
                 if status is not None:

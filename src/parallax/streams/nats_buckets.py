@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import time
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from nats.js.object_store import ObjectStore
 
 from parallax.core.errors import BlobNotFound
 from parallax.streams.kv import Entry, KeyExists, KeyValue, RevisionMismatch
-from parallax.streams.nats_codec import NatsStoreError, decode_key, encode_key
+from parallax.streams.nats_codec import NatsStoreError, NatsUnavailable, decode_key, encode_key
 
 NO_PEERS = 10005  # no suitable peers for placement (a clustered server is away)
 
@@ -85,7 +86,7 @@ class NatsKeyValue(KeyValue):
                 return await operation(await self._bucket())
             except (NatsTimeout, ConnectionClosedError, NoRespondersError, OSError, ServiceUnavailableError) as e:
                 if time.monotonic() > deadline:
-                    raise NatsStoreError(f"NATS KV {self.bucket} did not answer in time") from e
+                    raise NatsUnavailable(f"NATS KV {self.bucket} did not answer in time") from e
                 await asyncio.sleep(0.1)
             except APIError as e:
                 # A cluster still placing replicas (a node restarting) answers "peer offline".
@@ -174,6 +175,11 @@ class NatsBlobs:
         if hashlib.sha256(data).hexdigest() != digest:
             raise BlobNotFound(ref)
         return data
+
+    async def delete(self, ref: str) -> None:
+        objects = await self._objects()
+        with contextlib.suppress(ObjectNotFoundError):
+            await objects.delete(ref.removeprefix("sha256:"))
 
     async def _objects(self) -> ObjectStore:
         if self._object_store is None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from parallax.core.errors import StoreURLError, StreamError
+from parallax.core.errors import StoreUnavailable, StoreURLError, StreamError
 from parallax.streams.base import COMMAND_FENCE, COMMAND_TRIM, Record, StreamState
 
 _VERSION = 1
@@ -18,6 +18,10 @@ _FRAME = struct.Struct(">BQQ16sB")  # version, timestamp, trim point after, appe
 
 class NatsStoreError(StreamError):
     """The NATS server refused or could not be reached; the message says which and how to fix it."""
+
+
+class NatsUnavailable(NatsStoreError, StoreUnavailable):
+    """The NATS server could not be reached, or did not answer in time."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 
-from parallax.streams.nats_codec import NatsStoreError
+from parallax.streams.nats_codec import NatsStoreError, NatsUnavailable
 
 T = TypeVar("T")
 
@@ -86,7 +86,7 @@ class NatsConnection:
                     # reconnected forever (max_reconnect_attempts=-1) while requests wait.
                     self._nc = await asyncio.wait_for(self._connect(), self.connect_timeout * 2 + 1)
                 except Exception as e:
-                    raise NatsStoreError(
+                    raise NatsUnavailable(
                         f"cannot connect to NATS at {self.url}: {e or type(e).__name__}. "
                         "Start one with: nats-server -js -a 127.0.0.1"
                     ) from e
@@ -131,7 +131,7 @@ class NatsConnection:
                 if isinstance(e, NoRespondersError) and subject.startswith("$JS.API.DIRECT.GET."):
                     raise  # no stream answers: the caller decides whether that means "missing"
                 if time.monotonic() > deadline or self.closed:
-                    raise NatsStoreError(f"NATS at {self.url} did not answer {subject.split('.')[2]} in time") from e
+                    raise NatsUnavailable(f"NATS at {self.url} did not answer {subject.split('.')[2]} in time") from e
                 await asyncio.sleep(0.1)
 
     @contextlib.asynccontextmanager

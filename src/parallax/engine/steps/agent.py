@@ -20,7 +20,7 @@ from parallax.agents.refs import resolve_model
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, TemplateError
 from parallax.core.events import Event
-from parallax.core.plan import AgentSpec, Step
+from parallax.core.plan import Step
 from parallax.core.runstreams import RunStreams
 from parallax.core.template import render
 from parallax.engine.attempt import AttemptInput, grants_for, run_attempt
@@ -93,9 +93,7 @@ class AgentSteps:
             resolve_model(step.output, ctx.plan, ctx.state.plan_hash)
         call = compose(self.wrappers(step, prompt, agent_input), self._attempt)
         state = ctx.state.steps[step.id]
-        agent = (
-            self._agent(step.agent) if state.escalated_model is None else self._escalated(step, state.escalated_model)
-        )
+        agent = self._agent(step, state.escalated_model)
         number = state.attempts
         base = state.escalated_at  # attempts before an escalation do not count against the new model
         while True:
@@ -111,7 +109,7 @@ class AgentSteps:
                 if model is not None:
                     failed = ev.StepFailed(str(e), False, number, "LowConfidence", dict(e.usage or {}))
                     await ctx.emit(failed.event(step.id, step.id), ev.StepEscalated(model, number).event(step.id))
-                    agent = self._escalated(step, model)
+                    agent = self._agent(step, model)
                     base = number
                     continue
                 if final:
@@ -152,6 +150,7 @@ class AgentSteps:
             return await executor.run(
                 ctx.state, step, attempt.number, attempt.prompt, attempt.agent_input, attempt.budget
             )
+        assert attempt.agent is not None
         log = AgentLog(ctx.store, RunStreams(ctx.run_id).agent(step.id), step.id, step.id)
         request = AttemptInput(
             ctx.run_id, ctx.plan, ctx.state.plan_hash, step, attempt.number, attempt.prompt, attempt.agent_input,
@@ -213,7 +212,15 @@ class AgentSteps:
             )
         return breaker
 
-    def _agent(self, spec: AgentSpec) -> Agent:
+    def _agent(self, step: Step, escalated_to: str | None) -> Agent | None:
+        """The agent that runs the step here (on `escalated_to` once escalated), or None when
+        workers run attempts (they build their own: the coordinator need not have its code)."""
+        assert step.agent is not None
+        if self.ctx.options.executor is not None:
+            return None
+        if escalated_to is not None:
+            return build_agent(step.agent.model_copy(update={"model": escalated_to}))
+        spec = step.agent
         # Steps with the same spec share one agent object (and its resolved callable or model).
         key = (spec.kind, spec.model, spec.base_url, spec.ref, spec.command, spec.preset, spec.instructions, spec.env)
         agent = self._agents.get(key) if not spec.settings else None
@@ -222,10 +229,6 @@ class AgentSteps:
             if not spec.settings:
                 self._agents[key] = agent
         return agent
-
-    def _escalated(self, step: Step, model: str) -> Agent:
-        assert step.agent is not None
-        return build_agent(step.agent.model_copy(update={"model": model}))
 
     def _environment(self, granted: tuple[str, ...]) -> dict[str, str]:
         env = self._envs.get(granted)
