@@ -10,6 +10,7 @@ import queue
 import signal
 import subprocess
 import threading
+from pathlib import Path
 from typing import IO, Any, AnyStr
 
 
@@ -51,3 +52,17 @@ def read_line(pipe: IO[AnyStr], *, timeout: float = 120.0) -> AnyStr:
         return lines.get(timeout=timeout)
     except queue.Empty:
         raise AssertionError(f"no line from the child within {timeout:g}s") from None
+
+
+def exit_code(process: subprocess.Popen[Any], output: Path, *, timeout: float = 120.0) -> int:
+    """Wait for `process` (started with `-X faulthandler`, writing to `output`) to exit and
+    return its code. If it has not exited in time, SIGABRT makes the faulthandler write every
+    thread's stack to `output`, and the failure shows where it hung."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        raise AssertionError(f"{process.args!r} did not exit in {timeout:g}s:\n{output.read_text()}") from None

@@ -28,7 +28,7 @@ from parallax.engine.worker import submit
 from parallax.streams import AppendInput, AppendRecord
 from parallax.streams.nats import NatsStore
 from parallax.streams.nats_server import NatsServer
-from tests.processes import reap
+from tests.processes import exit_code, reap
 from tests.waiting import async_wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def start_worker(url: str, name: str, folder: Path, run_id: str, *args: str) -> 
     worker exits when idle only once it has done some work: one that another worker left
     nothing to would never exit.)"""
     out = open(folder / f"{name}.out", "wb")  # noqa: SIM115 - the child owns it
-    command = [sys.executable, "-m", "parallax", "--store", url, "worker", "--name", name, "--run", run_id,
+    command = [sys.executable, "-X", "faulthandler", "-m", "parallax", "--store", url, "worker", "--name", name, "--run", run_id,
                "--exit-when-idle", *args]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     out.close()
@@ -101,7 +101,7 @@ async def test_a_worker_killed_mid_task_is_replaced(tmp_path: Path) -> None:
             os.kill(victim.pid, signal.SIGKILL)  # while it holds the attempts it started
             victim.wait()
             survivor = workers[1]
-            assert survivor.wait(timeout=120) == 0, (tmp_path / "survivor.out").read_text()
+            assert exit_code(survivor, tmp_path / "survivor.out") == 0, (tmp_path / "survivor.out").read_text()
             await check_exactly_once(store, run_id, tmp_path, 10)
             by_victim = {step for step, pid, _ in executions(tmp_path) if pid == victim.pid}
             rerun = {step for step, n in Counter(s for s, _, _ in executions(tmp_path)).items() if n > 1}
@@ -141,7 +141,7 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
                 server.start()
             (tmp_path / "release").touch()
             for name, process in zip(("w1", "w2"), workers, strict=True):
-                assert process.wait(timeout=120) == 0, (tmp_path / f"{name}.out").read_text()
+                assert exit_code(process, tmp_path / f"{name}.out") == 0, (tmp_path / f"{name}.out").read_text()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             await check_exactly_once(store, run_id, tmp_path, 24)
@@ -194,7 +194,7 @@ async def test_a_paused_coordinator_is_fenced_off(tmp_path: Path) -> None:
             with pytest.raises(FencingTokenMismatch):  # what the old coordinator's next append meets
                 await store.append(control_stream(run_id), AppendInput([AppendRecord(b"x")], fencing_token=old_token))
             for name, process in zip(("old", "new"), workers, strict=True):
-                assert process.wait(timeout=120) == 0, (tmp_path / f"{name}.out").read_text()
+                assert exit_code(process, tmp_path / f"{name}.out") == 0, (tmp_path / f"{name}.out").read_text()
             await check_exactly_once(store, run_id, tmp_path, 8)
             assert "fenced off 1" in (tmp_path / "old.out").read_text()
     finally:

@@ -34,7 +34,7 @@ from parallax.agents import build_agent
 from parallax.agents.base import AgentLog, BudgetView
 from parallax.agents.process import agent_environment
 from parallax.core import events as ev
-from parallax.core.errors import AgentFailed, Fenced
+from parallax.core.errors import AgentFailed, Fenced, StoreUnavailable
 from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.state import RunState
@@ -348,6 +348,14 @@ class Worker:
                 final = await task
             except Fenced:  # another coordinator fenced the control stream first
                 self.stats.fenced += 1
+                return False
+            except StoreUnavailable:
+                # The store was away long enough for the coordinator to stop (a paused process,
+                # a restarting server). If another worker took the run over meanwhile, this one
+                # was fenced off; either way the run is as its log says, and is taken up again.
+                info = await self.leases.info(f"run/{run_id}")
+                if info is not None and info.holder != self.name:
+                    self.stats.fenced += 1
                 return False
         finally:
             if not task.done():
