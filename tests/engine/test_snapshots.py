@@ -16,7 +16,7 @@ from parallax.core.plan import AgentSpec, Plan, Step
 from parallax.core.state import describe, fold
 from parallax.engine import api
 from parallax.engine.control import ControlLog, control_stream, read_events
-from parallax.engine.snapshots import SNAPSHOT_EVERY, load_snapshot, load_state, snapshot_stream
+from parallax.engine.snapshots import SNAPSHOT_EVERY, load_snapshot, load_state, snapshot_due, snapshot_stream
 from parallax.streams import AppendInput, AppendRecord, StreamStore
 from parallax.streams.sqlite import SqliteStore
 
@@ -49,11 +49,11 @@ async def test_resume_from_a_snapshot_equals_a_full_fold(tmp_path: Path) -> None
         run_id = await api.create_run(store, long_plan(), run_id="long")
         await write_history(store, run_id, rounds=40)  # 40 x 81 = 3,240 events
         snapshots = await pointers(store, run_id)
-        assert len(snapshots) == 1  # the newest; the older one was trimmed
+        assert len(snapshots) == 1  # the newest; the older ones were trimmed
         found = await load_snapshot(store, run_id, control_stream(run_id))
         assert found is not None
         snapshot_state, at = found
-        assert at == snapshots[-1]["at"] >= 2 * SNAPSHOT_EVERY  # at 1,000 records, then at twice that
+        assert at == snapshots[-1]["at"] >= 3 * SNAPSHOT_EVERY  # one every 1,000 records
         assert snapshot_state.next_seq <= at
         from_snapshot = await api.load_run(store, run_id)
         full = fold(await read_events(store, control_stream(run_id)))
@@ -109,16 +109,23 @@ async def test_a_resumed_run_continues_from_the_snapshot(tmp_path: Path) -> None
         assert (folder / "executions").read_text().split() == ["last", str(os.getpid())]  # only the new step ran
 
 
-async def test_snapshots_are_spaced_geometrically_and_the_older_ones_pruned(tmp_path: Path) -> None:
+def test_snapshots_are_spaced_by_the_size_of_the_state() -> None:
+    assert snapshot_due(1000, 0, 41) and not snapshot_due(999, 0, 41)
+    assert not snapshot_due(5000, 0, 20_001)  # a large fan-out: pickling costs O(steps)...
+    assert snapshot_due(20_001, 0, 20_001)  # ...so it waits for as many records
+    assert snapshot_due(45_001, 25_000, 20_001) and not snapshot_due(45_000, 25_000, 20_001)
+
+
+async def test_older_snapshots_are_pruned(tmp_path: Path) -> None:
     async with SqliteStore(tmp_path / "s.db") as store:
         run_id = await api.create_run(store, long_plan(), run_id="long")
         await write_history(store, run_id, rounds=120)  # 40 x 241 = 9,640 events
-        # Appends of 241 events: snapshots at 1,207, 2,653 and 5,545 records (each once the log
-        # has doubled since the last), where one every 1,000 records would have taken 9.
+        # Appends of 241 events: a snapshot once 1,000 records have come since the last (41
+        # steps: fewer than that), at 1,207, 2,412, ... 9,642.
         records = await store.read_all(snapshot_stream(run_id))
-        assert [r.seq_num for r in records] == [4, 5]  # the third pointer, and the trim after it
+        assert [r.seq_num for r in records] == [14, 15]  # the eighth pointer, and the trim after it
         kept = await pointers(store, run_id)
-        assert len(kept) == 1 and kept[0]["at"] == 5545
+        assert len(kept) == 1 and kept[0]["at"] == 9642
         blobs = {info.name.removeprefix("blobs/") for info in await store.list("blobs/")}
         assert blobs == {str(kept[0]["state"]).removeprefix("sha256:"), str(kept[0]["plan"]).removeprefix("sha256:")}
         state = await api.load_run(store, run_id)

@@ -30,7 +30,7 @@ from parallax.core.events import Event
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState
-from parallax.engine.snapshots import dump_plan, dump_state, load_snapshot, snapshot_due, write_snapshot
+from parallax.engine.snapshots import dump_plan, dump_state, load_snapshot, snapshot_due, state_size, write_snapshot
 from parallax.streams.base import MAX_BATCH_BYTES, AppendRecord, Record, StreamStore
 from parallax.streams.folded import FoldedStream, event_record, positioned, record_event
 
@@ -161,17 +161,20 @@ class ControlLog:
     def _maybe_snapshot(self) -> None:
         """When a snapshot is due (`snapshot_due`), take it just after the current callback,
         outside the log's lock."""
-        if not self.snapshots or self._snapshot_due or not snapshot_due(self.tail, self._snapshot_at):
+        if not self.snapshots or self._snapshot_due or not self._due():
             return
         self._snapshot_due = True
         asyncio.get_running_loop().call_soon(self._take_snapshot)
+
+    def _due(self) -> bool:
+        return snapshot_due(self.tail, self._snapshot_at, state_size(self.state))
 
     def _take_snapshot(self) -> None:
         """Pickle the state now (synchronously: it folds exactly [0, tail)) and keep it in the
         background; a failed write only means the next resume folds more."""
         self._snapshot_due = False
         last, plan = self.folded.last_record, self.state.plan
-        if last is None or plan is None or not snapshot_due(self.tail, self._snapshot_at):
+        if last is None or plan is None or not self._due():
             return
         self._snapshot_at = self.tail
         payload = dump_state(self.state)
@@ -287,6 +290,8 @@ class ControlLog:
         if self._flusher is not None and not self._flusher.done():
             with contextlib.suppress(Exception):
                 await self._flusher
+        if self._snapshot_due:  # due, and not yet taken: take it now rather than lose it
+            self._take_snapshot()
         if self._snapshot_writes:
             await asyncio.gather(*self._snapshot_writes, return_exceptions=True)
 

@@ -4,12 +4,13 @@ tail of its control stream.
 The coordinator pickles its `RunState` (without the plan, which is immutable and kept once per
 plan as a blob of its JSON) into a blob and appends a pointer to `runs/<run>/snapshots`: the
 position it was taken at, the seq, timestamp and digest of the control record just before that
-position, the fold's version and the blobs' addresses. Snapshots are spaced geometrically (the
-first after `SNAPSHOT_EVERY` records, then each when the log has doubled since the last), so
-their total cost over a run is a constant times the final state's size: O(1) per record, where
-a snapshot every fixed number of records would cost O(N) per record. A resume folds at most
-half of the log after the snapshot. Once a newer pointer is written, the older ones are trimmed
-and their state blobs deleted (plan blobs are shared by content, so they stay).
+position, the fold's version and the blobs' addresses. A snapshot is taken once as many records
+have been folded since the last one as the state has steps (and at least `SNAPSHOT_EVERY`):
+pickling costs about one step's state per record folded, O(1) per record whatever the run's
+size (a snapshot every fixed number of records costs O(steps) per record, which made a large
+fan-out quadratic), and a resume folds at most that many records after the snapshot. Once a
+newer pointer is written, the older ones are trimmed and their state blobs deleted (plan blobs
+are shared by content, so they stay).
 A reader takes the newest snapshot only if all of that checks out against the log it is about
 to continue (the record is there and hashes the same, the fold version is this code's, the
 blob is whole), and otherwise folds from the start: a snapshot can make resuming faster, never
@@ -36,13 +37,18 @@ from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, plan_from
 from parallax.streams.base import AppendInput, AppendRecord, ReadLimit, Record, SeqNum, StreamStore, TailOffset
 
-SNAPSHOT_EVERY = 1000  # control records before the first snapshot
+SNAPSHOT_EVERY = 1000  # control records between snapshots, at least
 FOLD_VERSION = 2  # bump when the fold's or the snapshot's meaning changes: older ones are then ignored
 
 
-def snapshot_due(tail: int, last_at: int) -> bool:
-    """Whether a coordinator whose last snapshot folds [0, last_at) takes one at `tail`."""
-    return tail - last_at >= max(SNAPSHOT_EVERY, last_at)
+def snapshot_due(tail: int, last_at: int, state_size: int) -> bool:
+    """Whether a coordinator whose last snapshot folds [0, last_at), holding a state of
+    `state_size` steps and tasks, takes one at `tail`."""
+    return tail - last_at >= max(SNAPSHOT_EVERY, state_size)
+
+
+def state_size(state: RunState) -> int:
+    return len(state.steps) + (len(state.tasks.tasks) if state.tasks is not None else 0)
 
 
 def snapshot_stream(run_id: str) -> str:
