@@ -10,19 +10,19 @@ are finite (`FiniteFloat`).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from parallax.core.errors import ParallaxError, UserError
-from parallax.settings import Settings
-from parallax.streams.base import StreamStore
-from parallax.streams.url import open_store
+
+if TYPE_CHECKING:
+    from parallax.settings import Settings
+    from parallax.streams.base import StreamStore
 
 T = TypeVar("T")
 
@@ -61,6 +61,10 @@ def run_with_store(ctx: click.Context, action: Callable[[StreamStore], Awaitable
     """Open the store, run `action` on it, close it; turn Parallax errors into one line.
     `create=False` for commands that only read or act on what must already be there: a store
     whose directory does not exist is then an error (exit 2) instead of a new empty one."""
+    import asyncio
+
+    from parallax.streams.url import open_store  # lazily: `parallax --help` opens no store
+
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
 
     async def main() -> T:

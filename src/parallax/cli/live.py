@@ -333,6 +333,3 @@ async def _agent_loop(
     finally:
         finished.cancel()
         await asyncio.gather(finished, return_exceptions=True)
-
-
-COMMANDS = [topology, message, join]

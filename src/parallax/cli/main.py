@@ -1,7 +1,13 @@
-"""The `parallax` command: a group per module, sharing one `--store`."""
+"""The `parallax` command: a group per module, sharing one `--store`.
+
+Commands are loaded when they are used (`LAZY`: name -> module, attribute, one-line help), so
+`parallax --help` or `parallax runs` imports neither the engine nor the agents, the server or
+the planner: start-up is the interpreter, click and the one command's own imports.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -10,17 +16,37 @@ from typing import Any
 import click
 
 from parallax import __version__, telemetry
-from parallax.agents.cli import register_presets
 from parallax.cli.context import EXIT_USAGE, CliContext, exit_code_for, fail
-from parallax.cli.demo import demo
-from parallax.cli.live import COMMANDS as LIVE_COMMANDS
-from parallax.cli.planner import COMMANDS as PLANNER_COMMANDS
-from parallax.cli.runs import COMMANDS as RUN_COMMANDS
-from parallax.cli.serve import COMMANDS as SERVE_COMMANDS
-from parallax.cli.streams import streams
-from parallax.cli.tasks import COMMANDS as TASK_COMMANDS
 from parallax.core.errors import ParallaxError
-from parallax.settings import Settings
+
+# name: (module under parallax.cli, attribute, the one line `parallax --help` shows)
+LAZY: dict[str, tuple[str, str, str]] = {
+    "agents": ("runs", "agents", "What is known about agents across runs."),
+    "apply": ("tasks", "apply", "Merge RUN_ID's integration branch into the current branch (only when you ask)."),
+    "approve": ("runs", "approve", "Approve (or --reject) a run's approval gate."),
+    "cancel": ("runs", "cancel", "Ask a running run to stop; its coordinator records it as cancelled."),
+    "compile": ("runs", "compile", "Print the Plan IR a target compiles to, and its content hash."),
+    "demo": ("demo", "demo", "Five agents write one feature spec in parallel; the merge surfaces their conflicts."),
+    "diff": ("tasks", "diff", "What TASK changed, from the commit it started at (run in the repository)."),
+    "fork": ("runs", "fork", "Start a new run from the first SEQ control records of RUN_ID."),
+    "graph": ("planner", "graph", "A knowledge graph of a git repository: imports, tests, definitions, co-change."),
+    "inspect": ("runs", "inspect", "Steps, status, costs, confidence, conflicts and result of a run."),
+    "join": ("live", "join", "Take part in one cohort of a live run: its messages stream here, your lines go to it."),
+    "mcp": ("serve", "mcp", "Serve Parallax to a coding agent over the Model Context Protocol (stdio)."),
+    "message": ("live", "message", "Send TEXT to a cohort, an agent or the moderator of a live run (their inbox)."),
+    "plan": ("planner", "plan", "Decompose GOAL over a repository into a task graph with disjoint write sets."),
+    "resume": ("runs", "resume", "Continue a run from its log: steps with recorded output are never run again."),
+    "review": ("tasks", "review", "The review queue: finished tasks wait here when the graph says `review: true`."),
+    "run": ("runs", "run", "Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."),
+    "runs": ("listing", "runs", "List runs, oldest first."),
+    "schema": ("runs", "schema", "Print the JSON Schema of YAML patterns (point your editor at it)."),
+    "serve": ("serve", "serve", "Serve the HTTP API and the live dashboard."),
+    "streams": ("streams", "streams", "Read and write streams directly."),
+    "tail": ("runs", "tail", "Follow a run live (one lane per agent) until it finishes."),
+    "tasks": ("tasks", "tasks", "The task board of RUN_ID."),
+    "topology": ("live", "topology", "Change live cohorts of a run: applied at its next decision, recorded."),
+    "worker": ("tasks", "worker", "Serve submitted runs: claim agent attempts, coordinate runs nobody coordinates."),
+}
 
 
 class ParallaxGroup(click.Group):
@@ -38,6 +64,25 @@ class ParallaxGroup(click.Group):
             return super().parse_args(ctx, args)
         except click.UsageError as e:
             fail(_usage_line(e), EXIT_USAGE)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*LAZY, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in LAZY:
+            return self.commands.get(cmd_name)
+        module, attribute, _ = LAZY[cmd_name]
+        command: click.Command = getattr(importlib.import_module(f"parallax.cli.{module}"), attribute)
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from `LAZY`'s one-line help: listing commands imports none of them."""
+        rows = [(name, LAZY[name][2]) for name in sorted(LAZY)]
+        rows += [(name, command.get_short_help_str()) for name, command in sorted(self.commands.items())
+                 if name not in LAZY]  # fmt: skip
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -68,11 +113,16 @@ def _usage_line(error: click.UsageError) -> str:
 @click.pass_context
 def cli(ctx: click.Context, store_url: str | None) -> None:
     """Run AI agents in parallel, coordinated through durable streams."""
+    from parallax.settings import Settings  # lazily: `--help` and `--version` need no settings
+
     try:
         settings = Settings.load()
     except ParallaxError as e:
         fail(str(e), exit_code_for(e))
-    register_presets(settings.presets)
+    if settings.presets:
+        from parallax.agents.cli import register_presets  # lazily: only a config that names presets
+
+        register_presets(settings.presets)
     ctx.obj = CliContext(store_url=store_url or settings.default_store_url(), settings=settings)
 
 
@@ -86,7 +136,9 @@ def config() -> None:
 @click.pass_context
 def config_show(ctx: click.Context, as_json: bool) -> None:
     """Every setting, its value, and where that value came from."""
-    settings: Settings = ctx.find_object(CliContext).settings  # type: ignore[union-attr]
+    context = ctx.find_object(CliContext)
+    assert context is not None
+    settings = context.settings
     rows = settings.effective()
     if as_json:
         click.echo(json.dumps([{"key": k, "value": v, "from": w} for k, v, w in rows], indent=2, default=str))
@@ -96,8 +148,6 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{key:22} {shown}    ({where})")
 
 
-for command in (*RUN_COMMANDS, *LIVE_COMMANDS, *TASK_COMMANDS, *PLANNER_COMMANDS, *SERVE_COMMANDS, streams, demo):
-    cli.add_command(command)
 cli.add_command(config)
 
 

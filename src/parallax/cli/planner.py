@@ -183,6 +183,3 @@ def plan(
         )
         for note in notes:
             click.echo(f"  {note}", err=output is None)
-
-
-COMMANDS = [graph, plan]

@@ -269,24 +269,6 @@ def fork(
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, MAX_INT))
-@click.pass_context
-def runs(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """List runs, oldest first."""
-
-    async def action(store: StreamStore) -> list[api.RunSummary]:
-        return await api.list_runs(store, limit)
-
-    summaries = run_with_store(ctx, action, create=False)
-    for summary in summaries:
-        if as_json:
-            click.echo(json.dumps(summary.__dict__))
-        else:
-            click.echo(f"{summary.run_id}\t{summary.status}\t{summary.name}\t{summary.steps} steps")
-
-
-@click.command()
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -474,6 +456,3 @@ def schema() -> None:
     from parallax.patterns.schema import PATTERN_SCHEMA
 
     click.echo(json.dumps(PATTERN_SCHEMA, indent=2))
-
-
-COMMANDS = [run, resume, fork, runs, inspect, tail, compile, cancel, approve, schema, agents]

@@ -89,6 +89,3 @@ def mcp(ctx: click.Context) -> None:
         await serve_stdio(store, run_options(settings, workdir=Path.cwd()), settings)
 
     run_with_store(ctx, go)
-
-
-COMMANDS = [serve, mcp]

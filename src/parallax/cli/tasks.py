@@ -233,6 +233,3 @@ def apply(ctx: click.Context, run_id: str) -> None:
         return f"merged {workspaces.integration_branch} into {current}"
 
     click.echo(run_with_store(ctx, go, create=False))
-
-
-COMMANDS = [tasks, diff, review, worker, apply]

@@ -8,7 +8,6 @@ same run. Everything else is read back from that stream.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 from parallax.core import events as ev
 from parallax.core.errors import RunNotFound, StreamNotFound, UserError
@@ -16,11 +15,11 @@ from parallax.core.events import Event
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, fold
-from parallax.engine.control import ControlLog, control_stream, read_events, resolved, stored_form
+from parallax.engine.control import ControlLog, control_stream, read_events, stored_form
+from parallax.engine.listing import RunSummary, list_runs
 from parallax.engine.runner import Runner, RunOptions
 from parallax.engine.runs import create_run, load_run, new_run_id, stored_record
-from parallax.streams.base import AppendInput, ReadLimit, StreamStore, TailOffset
-from parallax.streams.folded import record_event
+from parallax.streams.base import AppendInput, StreamStore
 
 __all__ = [
     "RunSummary",
@@ -126,43 +125,3 @@ async def decide_gate(store: StreamStore, run_id: str, step: str, *, approved: b
         return [ev.GateDecided(approved, by, note).event(step)]
 
     await log.decide_and_append(decide)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    run_id: str
-    name: str
-    status: str
-    created_at: int
-    steps: int
-
-
-async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
-    out: list[RunSummary] = []
-    start_after = ""
-    while len(out) < limit:
-        infos = await store.list("runs/", start_after=start_after, limit=1000)
-        if not infos:
-            break
-        start_after = infos[-1].name
-        for info in infos:
-            if not info.name.endswith("/control") or info.name.count("/") != 2:
-                continue
-            run_id = info.name.split("/")[1]
-            first = await store.read(info.name, limit=ReadLimit(count=1))
-            last = await store.read(info.name, TailOffset(1))
-            created = next((e for r in first.records if (e := record_event(r)) is not None), None)
-            ended = next((e for r in last.records if (e := record_event(r)) is not None), None)
-            if created is None or created.type != ev.RUN_CREATED:
-                out.append(RunSummary(run_id, "?", "?", info.created_at, 0))
-                continue
-            if "name" in created.data:  # the summary run.created carries: the plan is not read
-                name, steps = str(created.data["name"]), int(created.data.get("steps") or 0)
-            else:  # written before it did
-                plan = fold([await resolved(store, created)]).plan
-                name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
-            finished = (
-                ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
-            )
-            out.append(RunSummary(run_id, name, finished or "running", info.created_at, steps))
-    return sorted(out, key=lambda r: r.created_at)[-limit:]

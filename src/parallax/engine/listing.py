@@ -1,0 +1,54 @@
+"""Listing runs from what `run.created` and the last control record say: the plan is never
+read (it may be megabytes, or a blob), so listing costs the same whatever the runs' sizes, and
+this module imports no more than the stores and the event codec (`parallax runs` starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parallax.core import events as ev
+from parallax.streams.base import ReadLimit, StreamStore, TailOffset
+from parallax.streams.folded import record_event
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    name: str
+    status: str
+    created_at: int
+    steps: int
+
+
+async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
+    out: list[RunSummary] = []
+    start_after = ""
+    while len(out) < limit:
+        infos = await store.list("runs/", start_after=start_after, limit=1000)
+        if not infos:
+            break
+        start_after = infos[-1].name
+        for info in infos:
+            if not info.name.endswith("/control") or info.name.count("/") != 2:
+                continue
+            run_id = info.name.split("/")[1]
+            first = await store.read(info.name, limit=ReadLimit(count=1))
+            last = await store.read(info.name, TailOffset(1))
+            created = next((e for r in first.records if (e := record_event(r)) is not None), None)
+            ended = next((e for r in last.records if (e := record_event(r)) is not None), None)
+            if created is None or created.type != ev.RUN_CREATED:
+                out.append(RunSummary(run_id, "?", "?", info.created_at, 0))
+                continue
+            if "name" in created.data:  # the summary run.created carries: the plan is not read
+                name, steps = str(created.data["name"]), int(created.data.get("steps") or 0)
+            else:  # written before it did: fold it (this reads the plan)
+                from parallax.core.state import fold
+                from parallax.engine.control import resolved
+
+                plan = fold([await resolved(store, created)]).plan
+                name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
+            finished = (
+                ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
+            )
+            out.append(RunSummary(run_id, name, finished or "running", info.created_at, steps))
+    return sorted(out, key=lambda r: r.created_at)[-limit:]
