@@ -87,3 +87,20 @@ async def test_a_plan_over_a_record_goes_to_a_blob_and_runs(store: StreamStore) 
     assert (listed["wide"].name, listed["wide"].status, listed["wide"].steps) == ("wide", "succeeded", 1501)
     forked = await api.fork_run(store, "wide", 2, plan=plan)  # a fork that replaces the plan: a blob too
     assert (await api.load_run(store, forked)).plan == plan
+
+
+async def test_listing_survives_control_streams_parallax_did_not_write(store: StreamStore) -> None:
+    from parallax.core.events import Event
+    from parallax.streams.folded import event_record
+
+    odd = {
+        "badsummary": [Event("run.created", {"name": "x", "steps": "many"}), Event("run.finished", {"no": "status"})],
+        "missingblob": [Event("run.created", {"plan": {"$blob": "sha256:" + "0" * 64, "bytes": 1}, "run_id": "m"})],
+        "badplan": [Event("run.created", {"plan": {"name": 5}, "run_id": "b"})],
+        "plain": [],
+    }
+    for run_id, events in odd.items():
+        records = [event_record(e) for e in events] or [AppendRecord(b"not an event")]
+        await store.append(control_stream(run_id), AppendInput(records))
+    listed = {r.run_id: (r.name, r.status) for r in await api.list_runs(store)}
+    assert listed == dict.fromkeys(odd, ("?", "?"))

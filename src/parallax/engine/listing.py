@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parallax.core import events as ev
+from parallax.core.errors import BlobNotFound
+from parallax.core.events import Event
 from parallax.streams.base import ReadLimit, StreamStore, TailOffset
 from parallax.streams.folded import record_event
 
@@ -36,19 +38,25 @@ async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
             last = await store.read(info.name, TailOffset(1))
             created = next((e for r in first.records if (e := record_event(r)) is not None), None)
             ended = next((e for r in last.records if (e := record_event(r)) is not None), None)
-            if created is None or created.type != ev.RUN_CREATED:
+            try:
+                out.append(await _summary(store, run_id, info.created_at, created, ended))
+            except (ValueError, TypeError, KeyError, AttributeError, BlobNotFound):  # not a run Parallax wrote
                 out.append(RunSummary(run_id, "?", "?", info.created_at, 0))
-                continue
-            if "name" in created.data:  # the summary run.created carries: the plan is not read
-                name, steps = str(created.data["name"]), int(created.data.get("steps") or 0)
-            else:  # written before it did: fold it (this reads the plan)
-                from parallax.core.state import fold
-                from parallax.engine.control import resolved
-
-                plan = fold([await resolved(store, created)]).plan
-                name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
-            finished = (
-                ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
-            )
-            out.append(RunSummary(run_id, name, finished or "running", info.created_at, steps))
     return sorted(out, key=lambda r: r.created_at)[-limit:]
+
+
+async def _summary(store: StreamStore, run_id: str, at: int, created: Event | None, ended: Event | None) -> RunSummary:
+    """What the first and last control records say of a run (pydantic's ValidationError is a
+    ValueError: a plan that does not validate reads as "?")."""
+    if created is None or created.type != ev.RUN_CREATED:
+        return RunSummary(run_id, "?", "?", at, 0)
+    if "name" in created.data:  # the summary run.created carries: the plan is not read
+        name, steps = str(created.data["name"]), int(created.data.get("steps") or 0)
+    else:  # written before it did: fold it (this reads the plan)
+        from parallax.core.state import fold
+        from parallax.engine.control import resolved
+
+        plan = fold([await resolved(store, created)]).plan
+        name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
+    finished = ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
+    return RunSummary(run_id, name, str(finished or "running"), at, steps)
