@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -122,22 +122,24 @@ BOMBS = {
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_yaml_bombs_and_deep_nesting_are_refused_at_once(project: Path, name: str) -> None:
     """10: alias bombs, recursive aliases and deep nesting: refused during composition, located,
-    in well under a second of work (the process as a whole, interpreter start included, gets 5 s;
-    before, the small bomb took ~9 s and 210 MB, the large one more than 1.9 GB)."""
+    before the document is built: parsing allocates tens of megabytes at most (measured, not
+    timed, so a loaded machine cannot fail it; before, the small bomb took ~9 s and 210 MB, the
+    large one more than 1.9 GB)."""
     text = BOMBS[name]
     path = project / f"{name}.yaml"
     path.write_text(text)
-    started = time.perf_counter()
-    result = parallax_cli(project, "compile", str(path), timeout=30)
-    elapsed = time.perf_counter() - started
+    result = parallax_cli(project, "compile", str(path), timeout=120)
     line = one_line_error(result)
     located(line, path)
     assert re.search(r"nodes|nests deeper|recursive alias", line), line
-    assert elapsed < 5, elapsed
-    started = time.perf_counter()
-    with pytest.raises(PlanError) as refused:
-        parse_yaml(text, str(path))
-    assert time.perf_counter() - started < 0.5
+    tracemalloc.start()
+    try:
+        with pytest.raises(PlanError) as refused:
+            parse_yaml(text, str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024 * 1024, peak  # expanded, the smallest bomb took 210 MB
     assert str(refused.value).startswith(f"{path}:")
 
 
@@ -187,16 +189,21 @@ def shapes(draw: st.DrawFn) -> Shape:
 @example([[-1] * 12, *([[k] * 12 for k in range(6)])])  # 12**7 values
 def test_the_node_budget_counts_every_expanded_value(shape: Shape) -> None:
     """10: the count made during composition is exactly the size of the expanded document: up to
-    the budget it loads (and means what it says), one value past it it is refused, quickly."""
+    the budget it loads (and means what it says), one value past it it is refused before the
+    expansion is built (what it allocates is measured: nothing near the document's size)."""
     text, total, data = document(shape)
-    started = time.perf_counter()
     if total <= MAX_NODES:
         parsed, _ = parse_yaml(text, "doc.yaml")
         assert parsed == data
     else:
-        with pytest.raises(PlanError, match=r"past 100,000 nodes"):
-            parse_yaml(text, "doc.yaml")
-        assert time.perf_counter() - started < 0.5
+        tracemalloc.start()
+        try:
+            with pytest.raises(PlanError, match=r"past 100,000 nodes"):
+                parse_yaml(text, "doc.yaml")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 * 1024 * 1024, peak
 
 
 @pytest.mark.parametrize(

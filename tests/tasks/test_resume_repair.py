@@ -46,7 +46,7 @@ def kill_during_worktree_add(tmp_path: Path, files: int, name: str) -> tuple[Pat
              for i in range(4)}  # fmt: skip
     pattern = tmp_path / f"k{files}.yaml"
     pattern.write_text(
-        yaml.safe_dump({"pattern": "tasks", "name": "killed", "workers": 1, "lease_s": 1, "tasks": tasks})
+        yaml.safe_dump({"pattern": "tasks", "name": "killed", "workers": 1, "lease_s": 5, "tasks": tasks})
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "parallax", "--store", f"sqlite://{db}", "run", str(pattern), "--run-id", "k", "-q"],
@@ -80,8 +80,8 @@ def test_resume_repairs_a_worktree_add_killed_midway(tmp_path: Path, name: str) 
     repo, db = killed
     assert locked_worktree(repo)  # what the kill left behind
     resumed = parallax(db, repo, "resume", "k")
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     board = parallax(db, repo, "tasks", "k", "--json")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + board.stdout
     statuses = {row["task"]: row["status"] for row in json.loads(board.stdout)}
     assert statuses == {f"t{i}": "merged" for i in range(4)}
     assert not locked_worktree(repo)
