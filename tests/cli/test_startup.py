@@ -53,3 +53,8 @@ def test_every_lazy_command_loads_under_its_name_and_shows_its_help() -> None:
     listed = runner.invoke(cli, ["--help"])
     assert listed.exit_code == 0
     assert all(f"  {name} " in listed.output for name in LAZY)
+
+
+def test_inspecting_and_reading_import_no_engine_or_framework(tmp_path: Path) -> None:
+    code = "import parallax.cli.report, parallax.cli.streams, parallax.cli.listing"
+    assert [m for m in imported_after(code, tmp_path) if m in HEAVY] == []

@@ -13,7 +13,8 @@ import click
 from rich.console import Console
 
 from parallax.cli.context import CliContext, run_with_store
-from parallax.cli.runs import check_output, execute, print_summary
+from parallax.cli.report import print_summary
+from parallax.cli.runs import check_output, execute
 from parallax.core.state import RunState
 from parallax.engine import api
 from parallax.engine.runner import RunOptions

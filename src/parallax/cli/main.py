@@ -30,7 +30,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "diff": ("tasks", "diff", "What TASK changed, from the commit it started at (run in the repository)."),
     "fork": ("runs", "fork", "Start a new run from the first SEQ control records of RUN_ID."),
     "graph": ("planner", "graph", "A knowledge graph of a git repository: imports, tests, definitions, co-change."),
-    "inspect": ("runs", "inspect", "Steps, status, costs, confidence, conflicts and result of a run."),
+    "inspect": ("report", "inspect", "Steps, status, costs, confidence, conflicts and result of a run."),
     "join": ("live", "join", "Take part in one cohort of a live run: its messages stream here, your lines go to it."),
     "mcp": ("serve", "mcp", "Serve Parallax to a coding agent over the Model Context Protocol (stdio)."),
     "message": ("live", "message", "Send TEXT to a cohort, an agent or the moderator of a live run (their inbox)."),
