@@ -37,6 +37,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/streams.py --quick
 	$(BIN)/python bench/fanout.py --quick
+	$(BIN)/python bench/cli.py --reps 10
 	$(BIN)/python bench/distributed.py --quick
 	$(BIN)/python bench/resume.py --quick
 

@@ -23,6 +23,7 @@ file in its worktree and HOME. So every call here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import tempfile
@@ -263,6 +264,16 @@ async def remove_worktree(repo: Checkout, worktree: Path) -> None:
             # folder, is what a killed `worktree add` leaves.
             if points_at is None or points_at == worktree:
                 (entry / "locked").unlink(missing_ok=True)
+            # Killed while git was writing `commondir` (the file made, its "../.." not yet in it),
+            # an entry makes every later `worktree add -B` die with "failed to read commondir"
+            # (git reads each worktree's refs to check the branch is free), whichever worktree
+            # it is about. git writes "../.." there for every linked worktree, so writing it is
+            # what git would have done: harmless for an add still under way in another process,
+            # and it lets this one go on. (The entry is pruned once its own task is made again.)
+            commondir = entry / "commondir"
+            with contextlib.suppress(OSError):
+                if recorded and commondir.exists() and not commondir.read_text().strip():
+                    commondir.write_text("../..\n")
     await git(repo, "worktree", "prune")
 
 
