@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parallax.core.errors import UserError
 from parallax.core.plan import Budget, Plan
 from parallax.engine.options import RunOptions
 from parallax.patterns.load import load_target
@@ -80,7 +81,7 @@ def load_plan(
     """A target (file.yaml, file.py:attr, module:attr) or YAML text, compiled, with the settings
     applied. Blocking (imports, parsing): servers call it in a worker thread."""
     if (target is None) == (pattern is None):
-        raise ValueError("give exactly one of target or pattern")
+        raise UserError("give exactly one of target (a file or module:attr) or pattern (YAML text)")
     if pattern is not None:
         plan = compile_pattern(pattern, source, dict(inputs or {}), registry=registry)
     else:

@@ -73,6 +73,8 @@ def test_bad_input_is_a_clear_error(client: TestClient) -> None:
     assert "<request>:3:" in bad.text and "needs a model" in bad.text
     both = client.post("/runs", json={"pattern": "x", "target": "y"}, headers=ADMIN)
     assert both.status_code == 422
+    neither = client.post("/runs", json={"pattern": "", "target": None}, headers=ADMIN)  # was a 500
+    assert neither.status_code == 400 and "exactly one of target" in neither.text
     assert client.get("/runs/nope", headers=ADMIN).status_code == 404
     assert client.get("/runs", headers=ADMIN).json() == []  # nothing was created
 

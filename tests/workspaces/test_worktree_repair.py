@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from parallax.workspaces.git import add_worktree, common_dir, head, open_repository
+from parallax.workspaces.git import add_worktree, attach_worktree, common_dir, head, open_repository
 from tests.workspaces.test_parallel_coding import init_repo
 
 
@@ -45,3 +45,18 @@ async def test_a_half_made_entry_does_not_stop_other_worktrees(tmp_path: Path) -
     assert len(entries) == 2 and not any((repo_path / ".git" / "worktrees" / e / "locked").exists() for e in entries)
     listing = subprocess.run(["git", "worktree", "list"], cwd=repo_path, capture_output=True, text=True, check=True)
     assert str(worktrees / "t0") in listing.stdout and str(worktrees / "t1") in listing.stdout
+
+
+async def test_an_integration_worktree_whose_pointer_was_half_written_is_made_again(tmp_path: Path) -> None:
+    """Killed while git was writing the worktree's `.git` file (made, still empty): the
+    integration worktree is made again, not reported as "not a worktree pointer"."""
+    repo_path = init_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    repo = await open_repository(repo_path)
+    subprocess.run(["git", "branch", "parallax/k/integration"], cwd=repo_path, check=True)
+    folder = repo_path / ".git" / "parallax" / "k" / "integration"
+    entry = killed_add(repo_path, folder, "integration")
+    (folder / ".git").write_text("")
+    (entry / "commondir").write_text("../..\n")
+    made = await attach_worktree(repo, folder, "parallax/k/integration")
+    assert (made.work_tree / "a.txt").read_text() == "a\n"
+    assert (folder / ".git").read_text().startswith("gitdir: ")

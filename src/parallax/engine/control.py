@@ -37,6 +37,8 @@ from parallax.streams.folded import FoldedStream, event_record, positioned, reco
 BLOB_THRESHOLD = 256 * 1024
 
 
+_STEP_ENDS = frozenset({ev.STEP_OUTPUT, ev.STEP_FAILED, ev.STEP_SKIPPED})
+
 # The field of each event type that may be too large for a record.
 _BLOB_FIELDS = {ev.STEP_OUTPUT: "output", ev.RUN_CREATED: "plan", ev.RUN_FORKED: "plan"}
 
@@ -250,6 +252,27 @@ class ControlLog:
             size += metered
         return batch
 
+    def _still_news(self, batch: list[tuple[Event, asyncio.Future[None]]]) -> list[tuple[Event, asyncio.Future[None]]]:
+        """What of a batch is still to be appended after folding what others appended first. A
+        step's end (output, failure, skip) for a step the log now says has ended, or the run's
+        end for a run that has ended, would only repeat it: such an event is settled (its emit
+        returns; the state says what happened) instead of appended a second time. This is how a
+        coordinator that lost a race to another (a takeover, a late flush) keeps each step's
+        output recorded once."""
+        keep = []
+        for event, future in batch:
+            step = self.state.steps.get(event.step or "") if event.step else None
+            ended = (event.type in _STEP_ENDS and step is not None and step.done) or (
+                event.type == ev.RUN_FINISHED and self.state.finished
+            )
+            if ended:
+                self._forget([(event, future)])
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((event, future))
+        return keep
+
     def _forget(self, batch: Sequence[tuple[Event, asyncio.Future[None]]]) -> None:
         for event, _ in batch:
             self._codec.stored.pop(id(event), None)
@@ -275,8 +298,8 @@ class ControlLog:
                     if not isinstance(e, Exception):
                         raise
                     continue
-                if appended is None:  # someone else appended first: folded; append at the new tail
-                    self._pending.extendleft(reversed(batch))
+                if appended is None:  # someone else appended first: folded; decide again at the new tail
+                    self._pending.extendleft(reversed(self._still_news(batch)))
                     continue
                 self._forget(batch)
                 for offset, (event, future) in enumerate(batch):

@@ -234,7 +234,10 @@ async def attach_worktree(repo: Checkout, worktree: Path, branch: str) -> Checko
     """A worktree of an existing `branch` (the integration branch), created if missing, or
     made again if a `worktree add` was interrupted (killed) while making it."""
     if (worktree / ".git").is_file():
-        git_dir, pointer = _read_pointer(worktree)
+        try:
+            git_dir, pointer = _read_pointer(worktree)
+        except (GitError, OSError):  # killed while git was writing it: half made
+            git_dir, pointer = worktree / "missing", ""
         # git locks the entry ("initializing") until the checkout is complete: one still locked
         # is half made (its HEAD does not resolve), and is replaced like a missing one.
         if git_dir.is_dir() and (git_dir / "HEAD").is_file() and not (git_dir / "locked").exists():
