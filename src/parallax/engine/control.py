@@ -9,7 +9,8 @@ Guarantees:
   the append fails with SeqNumMismatch; the log reads those records, folds them, and decides
   again: an event that would only repeat what the log now says (the end of a step that has
   ended, the end of a run that has ended) is settled, not appended, so each step's end is
-  recorded once even when two coordinators race. If another coordinator fenced the stream, every waiting emit fails with `Fenced`.
+  recorded once even when two coordinators race. If another coordinator fenced the stream,
+  every waiting emit fails with `Fenced`.
 - A step output or a plan too large for a record of its own (over 256 KiB of JSON) is kept as
   a blob (`StreamStore.put_blob`) and the record names it (`{"$blob": "sha256:...", "bytes": n}`);
   reading the log back resolves it, so the fold never sees the difference (and a plan of any
