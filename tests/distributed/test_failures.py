@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -132,12 +133,16 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
                     witness[ack.start.seq_num] = body
                     await asyncio.sleep(0.01)
 
+            def served_after(count: int) -> Callable[[], bool]:
+                return lambda: len(witness) >= count + 40
+
             writer = asyncio.create_task(write_witness())
             for _ in range(5):
-                await asyncio.sleep(0.8)  # the scenario: the run goes on for a while between restarts
+                # the server serves a while between restarts: 40 more witness appends
+                await async_wait_until(served_after(len(witness)), timeout=120, what="the restarted server")
                 assert not (await api.load_run(store, run_id)).finished, "the run ended before the restarts did"
                 server.kill()
-                await asyncio.sleep(0.3)  # the scenario: the server stays down for a while
+                await asyncio.sleep(0.3)  # the scenario: how long the server stays down (not a wait for anything)
                 server.start()
             (tmp_path / "release").touch()
             for name, process in zip(("w1", "w2"), workers, strict=True):
