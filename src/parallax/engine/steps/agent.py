@@ -104,10 +104,10 @@ class AgentSteps:
                 return
             except AgentFailed as e:
                 final = not e.retryable or number - base >= step.retry.max_attempts
-                failed = ev.StepFailed(str(e), final, number, type(e).__name__, dict(e.usage or {}))
                 model = escalation(step, e, final, ctx.state.steps[step.id].escalated_model)
+                # escalating: this attempt failed, the step goes on with the stronger model
+                failed = ev.StepFailed(str(e), final and model is None, number, type(e).__name__, dict(e.usage or {}))
                 if model is not None:
-                    failed = ev.StepFailed(str(e), False, number, "LowConfidence", dict(e.usage or {}))
                     await ctx.emit(failed.event(step.id, step.id), ev.StepEscalated(model, number).event(step.id))
                     agent = self._agent(step, model)
                     base = number
