@@ -26,11 +26,9 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parallax.core.errors import UserError
 
@@ -61,42 +59,134 @@ PROVIDER_DEFAULTS = (
 HOOK_EVENTS = ("on_step_complete", "on_task_complete", "on_merge", "on_conflict", "on_finish")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class BudgetConfig:
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
 
 
-class BudgetConfig(_Section):
-    max_tokens: int | None = Field(default=None, gt=0, le=_INT_MAX)
-    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+@dataclass(frozen=True)
+class LimitsConfig:
+    concurrency: int | None = None
 
 
-class LimitsConfig(_Section):
-    concurrency: int | None = Field(default=None, gt=0, le=_INT_MAX)
-
-
-class PresetConfig(_Section):
-    like: str = "claude"  # the built-in preset whose output parser this one uses
+@dataclass(frozen=True)
+class PresetConfig:
     argv: list[str]
-    model_flag: list[str] = []
+    like: str = "claude"  # the built-in preset whose output parser this one uses
+    model_flag: list[str] = field(default_factory=list)
     default_model: str | None = None
 
 
-class HooksConfig(_Section):
+@dataclass(frozen=True)
+class HooksConfig:
     on_step_complete: str | list[str] | None = None
     on_task_complete: str | list[str] | None = None
     on_merge: str | list[str] | None = None
     on_conflict: str | list[str] | None = None
     on_finish: str | list[str] | None = None
-    timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    timeout_s: float = 30.0
 
 
-class ConfigFile(_Section):
+@dataclass(frozen=True)
+class ConfigFile:
     store: str | None = None
     model: str | None = None
     budget: BudgetConfig = BudgetConfig()
     limits: LimitsConfig = LimitsConfig()
-    presets: dict[str, PresetConfig] = {}
+    presets: Mapping[str, PresetConfig] = field(default_factory=dict)
     hooks: HooksConfig = HooksConfig()
+
+
+class _Invalid(Exception):
+    """A value a setting may not hold: where (the keys leading to it) and why."""
+
+    def __init__(self, location: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.location = location
+        self.message = message
+
+
+# What each setting may hold. Checked by hand rather than with pydantic so that every command
+# reads its settings without importing pydantic (about 50 ms of start-up).
+def _positive_int(value: Any) -> str | None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return "must be a whole number"
+    return None if value > 0 else "must be greater than 0"
+
+
+def _positive_number(value: Any) -> str | None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "must be a number"
+    return None if value > 0 else "must be greater than 0"
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _words(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(word, str) for word in value)
+    return None if ok else "must be a list of strings"
+
+
+def _command(value: Any) -> str | None:
+    if isinstance(value, str) or _words(value) is None:
+        return None
+    return "must be a command: a string (run by the shell) or a list of strings (an argv)"
+
+
+_SECTIONS: dict[str, dict[str, Any]] = {
+    "budget": {"max_tokens": _positive_int, "max_cost_usd": _positive_number},
+    "limits": {"concurrency": _positive_int},
+    "hooks": {**dict.fromkeys(HOOK_EVENTS, _command), "timeout_s": _positive_number},
+}
+_PRESET_KEYS: dict[str, Any] = {"like": _text, "argv": _words, "model_flag": _words, "default_model": _text}
+_TOP_KEYS: dict[str, Any] = {"store": _text, "model": _text}
+
+
+def _checked(table: Any, rules: Mapping[str, Any], location: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise _Invalid(location, "must be a table")
+    for key, value in table.items():
+        rule = rules.get(key)
+        if rule is None:
+            known = ", ".join(rules)
+            raise _Invalid((*location, key), f"unknown key (known here: {known})")
+        problem = rule(value)
+        if problem:
+            raise _Invalid((*location, key), problem)
+    return table
+
+
+def _config_from(raw: Mapping[str, Any]) -> ConfigFile:
+    """The file's tables as settings, or `_Invalid` at the first key that is wrong."""
+    known = {**_TOP_KEYS, **dict.fromkeys((*_SECTIONS, "presets"))}
+    for key, value in raw.items():
+        if key not in known:
+            raise _Invalid((key,), f"unknown key (known: {', '.join(known)})")
+        rule = _TOP_KEYS.get(key)
+        problem = rule(value) if rule else None
+        if problem:
+            raise _Invalid((key,), problem)
+    presets: dict[str, PresetConfig] = {}
+    given = raw.get("presets", {})
+    if not isinstance(given, dict):
+        raise _Invalid(("presets",), "must be a table of presets")
+    for name, table in given.items():
+        _checked(table, _PRESET_KEYS, ("presets", name))
+        if "argv" not in table:
+            raise _Invalid(("presets", name, "argv"), "is required (the program and its arguments)")
+        presets[name] = PresetConfig(**table)
+    sections = {name: _checked(raw.get(name, {}), rules, (name,)) for name, rules in _SECTIONS.items()}
+    return ConfigFile(
+        store=raw.get("store"),
+        model=raw.get("model"),
+        budget=BudgetConfig(**sections["budget"]),
+        limits=LimitsConfig(**sections["limits"]),
+        presets=presets,
+        hooks=HooksConfig(**sections["hooks"]),
+    )
 
 
 # PARALLAX_* variables and the key each overrides.
@@ -134,25 +224,6 @@ def _line_of(text: str, location: tuple[Any, ...]) -> int | None:
         if own_table.match(line):
             return number
     return table_line or None
-
-
-def _written(raw: Any, location: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The part of a validation error's location that is keys of the file (pydantic appends
-    union members and the like)."""
-    kept: list[Any] = []
-    node = raw
-    for part in location:
-        if isinstance(node, dict) and part in node:
-            kept.append(part)
-            node = node[part]
-        elif not isinstance(node, dict) and not kept:
-            break
-        elif isinstance(node, dict):
-            kept.append(part)  # a key the file should not have (extra) or lacks (missing)
-            break
-        else:
-            break
-    return tuple(kept) or location
 
 
 def _too_deep(text: str) -> int | None:
@@ -218,8 +289,9 @@ def _check_values(raw: dict[str, Any], text: str, path: Path) -> None:
             raise UserError(f"{path}:{line or 1}: {'.'.join(location)}: {problem}")
 
 
-def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, str]]:
-    """A config file, validated, and where each key it sets was written (`file:line`)."""
+def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, Any], dict[str, str]]:
+    """A config file, validated; the keys it sets, as written; and where each was written
+    (`file:line`)."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -241,13 +313,11 @@ def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, str]]:
         raise UserError(f"{path}: arrays or inline tables nest too deeply") from None
     _check_values(raw, text, path)
     try:
-        config = ConfigFile.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        location = _written(raw, tuple(first["loc"]))
-        line = _line_of(text, location)
+        config = _config_from(raw)
+    except _Invalid as e:
+        line = _line_of(text, e.location)
         where = f"{path}:{line}" if line else str(path)
-        raise UserError(f"{where}: {'.'.join(str(p) for p in location)}: {first['msg']}") from None
+        raise UserError(f"{where}: {'.'.join(e.location)}: {e.message}") from None
     origins: dict[str, str] = {}
 
     def walk(prefix: tuple[str, ...], value: Any) -> None:
@@ -260,7 +330,7 @@ def read_config_file(path: Path) -> tuple[ConfigFile, dict[str, str]]:
                 origins[".".join(location)] = f"{path}:{line}" if line else str(path)
 
     walk((), raw)
-    return config, origins
+    return config, raw, origins
 
 
 @dataclass(frozen=True)
@@ -293,8 +363,7 @@ class Settings:
         for path in paths:
             if not path.is_file():
                 continue
-            config, where = read_config_file(path)
-            data = config.model_dump(exclude_unset=True)
+            config, data, where = read_config_file(path)
             for key in ("store", "model"):
                 if key in data:
                     merged[key] = data[key]
@@ -331,14 +400,24 @@ class Settings:
                 raise UserError(f"{variable}={value!r}: {_value_problem(merged.get(key))}")
             origins[key] = variable
         try:
-            hook_config = HooksConfig.model_validate(hooks)
-            budget = BudgetConfig(
-                max_tokens=merged.get("budget.max_tokens"), max_cost_usd=merged.get("budget.max_cost_usd")
+            hook_config = HooksConfig(**_checked(hooks, _SECTIONS["hooks"], ("hooks",)))
+            _checked(
+                {k.split(".")[1]: merged[k] for k in merged if k.startswith("budget.")},
+                _SECTIONS["budget"],
+                ("budget",),
             )
-            limits = LimitsConfig(concurrency=merged.get("limits.concurrency"))
-        except ValidationError as e:
-            first = e.errors()[0]
-            raise UserError(f"configuration: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+            _checked(
+                {k.split(".")[1]: merged[k] for k in merged if k.startswith("limits.")},
+                _SECTIONS["limits"],
+                ("limits",),
+            )
+        except _Invalid as e:
+            source = origins.get(".".join(e.location), "configuration")
+            raise UserError(f"{source}: {'.'.join(e.location)}: {e.message}") from None
+        budget = BudgetConfig(
+            max_tokens=merged.get("budget.max_tokens"), max_cost_usd=merged.get("budget.max_cost_usd")
+        )
+        limits = LimitsConfig(concurrency=merged.get("limits.concurrency"))
         return cls(
             store_url=merged.get("store") or None,
             model=merged.get("model") or None,
@@ -364,7 +443,7 @@ class Settings:
             ("limits.concurrency", self.concurrency, self.origins.get("limits.concurrency", "default (the plan's)")),
         ]
         for name, preset in sorted(self.presets.items()):
-            rows.append((f"presets.{name}", preset.model_dump(), self.origins.get(f"presets.{name}", "")))
+            rows.append((f"presets.{name}", asdict(preset), self.origins.get(f"presets.{name}", "")))
         for name in (*HOOK_EVENTS, "timeout_s"):
             value = getattr(self.hooks, name)
             rows.append((f"hooks.{name}", value, self.origins.get(f"hooks.{name}", "default")))

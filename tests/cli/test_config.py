@@ -55,10 +55,13 @@ def test_layers_and_where_each_value_came_from(tmp_path: Path) -> None:
 
 def test_bad_configuration_is_a_located_error(tmp_path: Path) -> None:
     cases = {
-        "[limits]\nconcurrency = 0\n": "parallax.toml:2: limits.concurrency: Input should be greater than 0",
-        "[limit]\nconcurrency = 2\n": "parallax.toml:1: limit: Extra inputs are not permitted",
+        "[limits]\nconcurrency = 0\n": "parallax.toml:2: limits.concurrency: must be greater than 0",
+        "[limit]\nconcurrency = 2\n": "parallax.toml:1: limit: unknown key",
         "model = \n": "parallax.toml: Invalid value",
         "[hooks]\non_finish = 3\n": "parallax.toml:2: hooks.on_finish",
+        "[budget]\nmax_tokens = true\n": "parallax.toml:2: budget.max_tokens: must be a whole number",
+        '[presets.mine]\nlike = "aider"\n': "parallax.toml:1: presets.mine.argv: is required",
+        "budget = 3\n": "parallax.toml:1: budget: must be a table",
     }
     for text, message in cases.items():
         result = parallax(project_with(tmp_path, text), "config", "show")

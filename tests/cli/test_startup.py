@@ -30,16 +30,22 @@ def test_importing_the_cli_imports_no_command(tmp_path: Path) -> None:
     assert imported_after("import parallax.cli", tmp_path) == []
 
 
-def test_listing_runs_imports_no_engine_or_framework(tmp_path: Path) -> None:
-    store = f"sqlite:///{tmp_path / 'p.db'}"
-    code = (
-        "from parallax.cli.main import cli\n"
-        "try:\n"
-        f"    cli(['--store', {store!r}, 'runs'], prog_name='parallax')\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0, e.code\n"
+def test_listing_runs_and_reading_a_stream_import_no_engine_framework_or_pydantic(tmp_path: Path) -> None:
+    # A project file with every section: reading the settings needs no pydantic either.
+    (tmp_path / "parallax.toml").write_text(
+        'model = "test"\n[budget]\nmax_tokens = 1000\n[limits]\nconcurrency = 2\n'
+        '[hooks]\non_finish = "true"\n[presets.mine]\nargv = ["mine", "{prompt}"]\n'
     )
-    assert [m for m in imported_after(code, tmp_path) if m in HEAVY] == []
+    store = f"sqlite:///{tmp_path / 'p.db'}"
+    for command in (["runs"], ["streams", "read", "runs/none/control"]):
+        code = (
+            "from parallax.cli.main import cli\n"
+            "try:\n"
+            f"    cli(['--store', {store!r}, *{command!r}], prog_name='parallax')\n"
+            "except SystemExit as e:\n"
+            "    assert e.code in (0, 1), e.code\n"
+        )
+        assert imported_after(code, tmp_path) == [], command
 
 
 def test_every_lazy_command_loads_under_its_name_and_shows_its_help() -> None:
