@@ -8,12 +8,17 @@ its batch at the new tail unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from parallax.core import events as ev
 from parallax.core.plan import AgentSpec, Plan, Step
 from parallax.engine import api
 from parallax.engine.control import ControlLog, control_stream, read_events
+from parallax.streams.base import AppendRecord
+from parallax.streams.folded import event_record
 from parallax.streams.sqlite import SqliteStore
 
 
@@ -38,3 +43,26 @@ async def test_an_output_recorded_meanwhile_is_not_recorded_again(tmp_path: Path
         assert late.state.steps["a"].output == {"by": "first"} and late.state.steps["b"].output == {"by": "late"}
         await late.close()
         await first.close()
+
+
+async def test_each_event_is_encoded_once_on_its_way_to_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batching measures each record; the append then reuses it rather than encoding again.
+    import parallax.engine.control as control
+
+    encoded: list[str] = []
+
+    def counting(event: ev.Event) -> AppendRecord:
+        encoded.append(event.type)
+        return event_record(event)
+
+    monkeypatch.setattr(control, "event_record", counting)
+    async with SqliteStore(tmp_path / "p.db") as store:
+        run_id = await api.create_run(store, plan())
+        log = ControlLog(store, run_id)
+        await log.load()
+        events = [ev.StepStarted(1, "python").event(step) for step in ("a", "b")]
+        await asyncio.gather(*(log.emit(event) for event in events))
+        await log.close()
+    assert encoded == [ev.STEP_STARTED, ev.STEP_STARTED]

@@ -165,9 +165,10 @@ def plan_from(data: dict[str, Any]) -> Plan:
     return plan
 
 
-def remember_plan(plan: Plan) -> None:
-    """Let folds reuse a Plan object already validated in this process."""
-    _PLANS[plan.content_hash()] = plan
+def remember_plan(plan: Plan, digest: str | None = None) -> None:
+    """Let folds reuse a Plan object already validated in this process (`digest`: its
+    content hash, when the caller has it)."""
+    _PLANS[digest or plan.content_hash()] = plan
 
 
 def _created(state: RunState, event: Event) -> None:

@@ -85,9 +85,18 @@ class ControlCodec:
 
     def __init__(self) -> None:
         self.stored: dict[int, Event] = {}  # id(event) -> its form on the log, when it differs
+        self.records: dict[int, AppendRecord] = {}  # id(event) -> its record, encoded once
+
+    def record(self, item: Event) -> AppendRecord:
+        """The event's record, kept until it is appended (`to_record`) or forgotten."""
+        record = self.records.get(id(item))
+        if record is None:
+            record = self.records[id(item)] = event_record(self.stored.get(id(item), item))
+        return record
 
     def to_record(self, item: Event) -> AppendRecord:
-        return event_record(self.stored.get(id(item), item))
+        record = self.records.pop(id(item), None)
+        return record if record is not None else event_record(self.stored.get(id(item), item))
 
     def from_record(self, record: Record) -> Event | None:
         return record_event(record)
@@ -247,7 +256,7 @@ class ControlLog:
         size = 0
         while self._pending and len(batch) < 1000:
             event, future = self._pending[0]
-            metered = self._codec.to_record(event).metered_bytes
+            metered = self._codec.record(event).metered_bytes
             if batch and size + metered > MAX_BATCH_BYTES:
                 break
             self._pending.popleft()
@@ -279,6 +288,7 @@ class ControlLog:
     def _forget(self, batch: Sequence[tuple[Event, asyncio.Future[None]]]) -> None:
         for event, _ in batch:
             self._codec.stored.pop(id(event), None)
+            self._codec.records.pop(id(event), None)
 
     async def _flush_loop(self) -> None:
         while self._pending:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parallax.core import events as ev
-from parallax.core.errors import BlobNotFound
+from parallax.core.errors import BlobNotFound, StreamError
 from parallax.core.events import Event
 from parallax.streams.base import ReadLimit, StreamStore, TailOffset
 from parallax.streams.folded import record_event
@@ -43,6 +43,19 @@ async def list_runs(store: StreamStore, limit: int = 1000) -> list[RunSummary]:
             except (ValueError, TypeError, KeyError, AttributeError, BlobNotFound):  # not a run Parallax wrote
                 out.append(RunSummary(run_id, "?", "?", info.created_at, 0))
     return sorted(out, key=lambda r: r.created_at)[-limit:]
+
+
+async def planned_steps(store: StreamStore, control_stream: str) -> int:
+    """How many steps a run's plan has, as its `run.created` says (0 when it does not say)."""
+    try:
+        first = await store.read(control_stream, limit=ReadLimit(count=1))
+    except StreamError:
+        return 0
+    created = next((e for r in first.records if (e := record_event(r)) is not None), None)
+    if created is None or created.type != ev.RUN_CREATED:
+        return 0
+    steps = created.data.get("steps")
+    return steps if isinstance(steps, int) else 0
 
 
 async def _summary(store: StreamStore, run_id: str, at: int, created: Event | None, ended: Event | None) -> RunSummary:

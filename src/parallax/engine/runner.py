@@ -33,6 +33,7 @@ from parallax.core.state import RunState
 from parallax.engine.control import ControlLog
 from parallax.engine.heap import frozen_heap
 from parallax.engine.hooks import Hooks
+from parallax.engine.listing import planned_steps
 from parallax.engine.options import RunOptions as RunOptions
 from parallax.engine.runs import create_run, load_run
 from parallax.engine.steps import STEP_KINDS, StepKind
@@ -100,6 +101,12 @@ class Runner:
             return state
 
     async def _run(self) -> RunState:
+        # Freeze before the log is folded when run.created says the plan is large: folding
+        # builds most of the run's heap, and a full collection in the middle of it walks it all.
+        with frozen_heap(await planned_steps(self.store, self.log.stream)):
+            return await self._load_and_schedule()
+
+    async def _load_and_schedule(self) -> RunState:
         state = await self.log.load()
         if state.plan is None:
             raise PlanError(f"run {self.run_id} has no run.created event on its control stream")

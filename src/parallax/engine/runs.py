@@ -32,14 +32,15 @@ def stored_record(event: Event) -> AppendRecord:
 
 async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = None, source: str | None = None) -> str:
     run_id = run_id or new_run_id(plan.name)
-    remember_plan(plan)
+    digest = plan.content_hash()
+    remember_plan(plan, digest)
     event = Event(
         ev.RUN_CREATED,
         {
             "run_id": run_id,
             # Defaults are left out (validation puts them back), which keeps large plans small.
             "plan": plan.model_dump(mode="json", by_alias=True, exclude_defaults=True),
-            "plan_hash": plan.content_hash(),
+            "plan_hash": digest,
             "source": source,
             "name": plan.name,  # what `parallax runs` shows, without reading the plan
             "steps": len(plan.steps),
