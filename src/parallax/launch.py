@@ -13,7 +13,7 @@ schedules, the MCP tools, and workers (sub-runs inherit their parent's options).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from parallax.core.errors import UserError
 from parallax.core.plan import Budget, Plan
 from parallax.engine.options import RunOptions
+from parallax.model_choice import model_choice
 from parallax.patterns.load import load_target
 from parallax.patterns.yaml_loader import compile_pattern
 from parallax.settings import HOOK_EVENTS, HooksConfig, Settings
@@ -77,16 +78,32 @@ def load_plan(
     inputs: Mapping[str, Any] | None = None,
     source: str = "<pattern>",
     registry: list[dict[str, Any]] | None = None,
+    models: Sequence[str] = (),
 ) -> Plan:
     """A target (file.yaml, file.py:attr, module:attr) or YAML text, compiled, with the settings
-    applied. Blocking (imports, parsing): servers call it in a worker thread."""
+    applied. `models`: the command's --model values (MODEL, ROLE=MODEL), over the configured
+    default (`parallax.model_choice`). Blocking (imports, parsing): servers call it in a worker
+    thread."""
     if (target is None) == (pattern is None):
         raise UserError("give exactly one of target (a file or module:attr) or pattern (YAML text)")
+    choice = model_choice(models, settings.default_model())
     if pattern is not None:
-        plan = compile_pattern(pattern, source, dict(inputs or {}), registry=registry)
+        plan = compile_pattern(pattern, source, dict(inputs or {}), registry=registry, models=choice)
     else:
-        plan = load_target(target or "", dict(inputs or {}))
+        plan = load_target(target or "", dict(inputs or {}), models=choice)
     return with_settings(plan, settings)
+
+
+def model_rows(settings: Settings, target: str, models: Sequence[str] = ()) -> list[tuple[str, Any, str]]:
+    """(`model.<step>`, its model, why) for every llm/coder agent of a YAML pattern, for
+    `parallax config show TARGET`."""
+    if not target.endswith((".yaml", ".yml")):
+        raise UserError(f"{target}: config show lists the models of a YAML pattern (a Python plan names its own)")
+    from parallax.patterns.yaml_loader import load_pattern
+
+    reasons: dict[str, tuple[str, str]] = {}
+    load_pattern(target, models=model_choice(models, settings.default_model()), model_reasons=reasons)
+    return [(f"model.{step}", model, why) for step, (model, why) in sorted(reasons.items())]
 
 
 def prepare(

@@ -137,14 +137,21 @@ def config() -> None:
 
 
 @config.command("show")
+@click.argument("target", required=False)
+@click.option("--model", "models", multiple=True, metavar="[ROLE=]MODEL", help="As `parallax run --model`.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def config_show(ctx: click.Context, as_json: bool) -> None:
-    """Every setting, its value, and where that value came from."""
+def config_show(ctx: click.Context, target: str | None, models: tuple[str, ...], as_json: bool) -> None:
+    """Every setting, its value, and where that value came from; with TARGET (a pattern), the
+    model each of its llm/coder agents will use, and why."""
     context = ctx.find_object(CliContext)
     assert context is not None
     settings = context.settings
     rows = settings.effective()
+    if target is not None:
+        from parallax.launch import model_rows  # lazily: compiling a pattern loads the engine's models
+
+        rows += model_rows(settings, target, models)
     if as_json:
         click.echo(json.dumps([{"key": k, "value": v, "from": w} for k, v, w in rows], indent=2, default=str))
         return

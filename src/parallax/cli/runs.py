@@ -32,7 +32,7 @@ from parallax.engine import api
 from parallax.engine.follow import wait_finished
 from parallax.engine.runner import Runner, RunOptions
 from parallax.launch import load_plan, run_options
-from parallax.patterns.load import load_target
+from parallax.model_choice import model_choice
 from parallax.settings import Settings
 from parallax.streams.base import StreamStore
 
@@ -122,15 +122,24 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.find_object(CliContext).settings  # type: ignore[union-attr]
 
 
-def _options(ctx: click.Context, concurrency: int | None, no_cache: bool) -> RunOptions:
-    """Run options from the flags, then parallax.toml / PARALLAX_* (the one launch path)."""
-    return run_options(_settings(ctx), workdir=Path.cwd(), concurrency=concurrency, use_cache=not no_cache)
+def _options(ctx: click.Context, concurrency: int | None, no_cache: bool, models: tuple[str, ...] = ()) -> RunOptions:
+    """Run options from the flags, then parallax.toml / PARALLAX_* (the one launch path).
+    `models`: --model on resume/fork, for the llm/coder steps not yet run."""
+    chosen = model_choice(models, (None, "")) if models else None
+    options = run_options(_settings(ctx), workdir=Path.cwd(), concurrency=concurrency, use_cache=not no_cache)
+    options.models = chosen
+    return options
 
 
 @click.command()
 @click.argument("target")
 @click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE", help="A plan input (repeatable).")
 @click.option("--input-file", "input_files", multiple=True, metavar="FILE", help="Inputs from a JSON object.")
+@click.option(
+    "--model", "models", multiple=True, metavar="[ROLE=]MODEL",
+    help="The model for llm/coder agents that name none (before PARALLAX_MODEL and parallax.toml); "
+    "ROLE=MODEL for one role or agent, even one that names its own (repeatable).",
+)  # fmt: skip
 @click.option("--run-id", help="Use this run id instead of a generated one.")
 @click.option("--concurrency", type=click.IntRange(1, MAX_INT), help="Override the plan's concurrency cap.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
@@ -145,6 +154,7 @@ def run(
     target: str,
     inputs: tuple[str, ...],
     input_files: tuple[str, ...],
+    models: tuple[str, ...],
     run_id: str | None,
     concurrency: int | None,
     no_cache: bool,
@@ -158,7 +168,7 @@ def run(
     if detach and not submit:
         raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
     check_output(output)
-    plan = load_plan(_settings(ctx), target=target, inputs=parse_inputs(inputs, input_files))
+    plan = load_plan(_settings(ctx), target=target, inputs=parse_inputs(inputs, input_files), models=models)
     console = Console(stderr=as_json)
 
     async def action(store: StreamStore) -> RunState:
@@ -183,6 +193,10 @@ def run(
 
 @click.command()
 @click.argument("run_id")
+@click.option(
+    "--model", "models", multiple=True, metavar="[ROLE=]MODEL",
+    help="The model for llm/coder steps not yet run (ROLE=MODEL: one role's); the plan's otherwise.",
+)  # fmt: skip
 @click.option("--concurrency", type=click.IntRange(1, MAX_INT))
 @click.option("--no-cache", is_flag=True)
 @click.option("--quiet", "-q", is_flag=True)
@@ -192,6 +206,7 @@ def run(
 def resume(
     ctx: click.Context,
     run_id: str,
+    models: tuple[str, ...],
     concurrency: int | None,
     no_cache: bool,
     quiet: bool,
@@ -209,7 +224,8 @@ def resume(
         done = sum(1 for s in state.steps.values() if s.status == "succeeded")
         if not as_json:
             console.print(f"resuming {run_id}: {done}/{len(state.steps)} steps already done")
-        return await execute(store, run_id, _options(ctx, concurrency, no_cache), console, quiet or as_json)
+        options = _options(ctx, concurrency, no_cache, models)
+        return await execute(store, run_id, options, console, quiet or as_json)
 
     finish(console, run_with_store(ctx, action, create=False), as_json, output)
 
@@ -220,6 +236,10 @@ def resume(
 @click.option("--target", help="A plan (file.py:attr) to use from the fork on: a different model or prompt.")
 @click.option("--run-id", "new_id", help="The new run's id.")
 @click.option("--no-run", is_flag=True, help="Only create the fork; start it later with `parallax resume`.")
+@click.option(
+    "--model", "models", multiple=True, metavar="[ROLE=]MODEL",
+    help="The model for llm/coder steps not yet run (ROLE=MODEL: one role's); the plan's otherwise.",
+)  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -230,11 +250,12 @@ def fork(
     target: str | None,
     new_id: str | None,
     no_run: bool,
+    models: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Start a new run from the first SEQ control records of RUN_ID."""
-    plan: Plan | None = load_plan(_settings(ctx), target=target) if target else None
+    plan: Plan | None = load_plan(_settings(ctx), target=target, models=models) if target else None
     console = Console(stderr=as_json or no_run)  # with --no-run, stdout is just the new run id
 
     async def action(store: StreamStore) -> RunState:
@@ -243,7 +264,7 @@ def fork(
             console.print(f"forked {run_id} at {at_seq} into [bold]{forked}[/]")
         if no_run:
             return await api.load_run(store, forked)
-        return await execute(store, forked, _options(ctx, None, False), console, quiet or as_json)
+        return await execute(store, forked, _options(ctx, None, False, models), console, quiet or as_json)
 
     state = run_with_store(ctx, action, create=False)
     if no_run:
@@ -269,10 +290,12 @@ def tail(ctx: click.Context, run_id: str) -> None:
 @click.command()
 @click.argument("target")
 @click.option("--input", "inputs", multiple=True, metavar="KEY=VALUE")
+@click.option("--model", "models", multiple=True, metavar="[ROLE=]MODEL", help="As `parallax run --model`.")
 @click.option("--json", "as_json", is_flag=True, help="The Plan IR exactly, as canonical JSON.")
-def compile(target: str, inputs: tuple[str, ...], as_json: bool) -> None:
+@click.pass_context
+def compile(ctx: click.Context, target: str, inputs: tuple[str, ...], models: tuple[str, ...], as_json: bool) -> None:
     """Print the Plan IR a target compiles to, and its content hash."""
-    plan = load_target(target, parse_inputs(inputs, ()))
+    plan = load_plan(_settings(ctx), target=target, inputs=parse_inputs(inputs, ()), models=models)
     if as_json:
         click.echo(plan.canonical_json())
         return

@@ -192,6 +192,7 @@ class StepStarted(Payload):
     attempt: int | None = None
     kind: str = ""
     run: str | None = None  # a sub-run step: the child run it started
+    model: str | None = None  # the model, when it is not the plan's (`--model` on resume or fork)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from parallax.core.events import Event
 from parallax.engine.attempt import Executor
+from parallax.model_choice import ModelChoice
 from parallax.settings import HooksConfig
 
 
@@ -23,3 +24,6 @@ class RunOptions:
     executor: Executor | None = None  # runs agent attempts elsewhere (distributed mode); None: here
     hooks: HooksConfig | None = None  # commands run on events (parallax.toml [hooks])
     coordinator: str = field(default_factory=lambda: f"coord-{secrets.token_hex(6)}")
+    # `--model` on resume/fork: the model for llm/coder steps not yet started (flag), or for
+    # those of one role (by_role); the plan's model otherwise. Recorded in each step.started.
+    models: ModelChoice | None = None

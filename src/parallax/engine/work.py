@@ -275,7 +275,8 @@ class RemoteExecutor:
                 "prompt": prompt,
                 "input": agent_input,
                 "budget": {"tokens_left": budget.tokens_left, "cost_left_usd": budget.cost_left_usd},
-                "model": state.escalated_model,
+                # escalated, or chosen by --model on resume/fork; the worker uses the plan's otherwise
+                "model": state.escalated_model or (step.agent.model if step.agent is not None else None),
             }
             await self.client.offer(id, step.id, attempt, payload, self.lease_s)
         try:

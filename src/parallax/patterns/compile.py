@@ -42,6 +42,7 @@ from parallax.core.plan import (
     find_cycle,
 )
 from parallax.core.tasks import TaskGraphSpec, TaskSpec
+from parallax.model_choice import ModelChoice
 from parallax.patterns.located import Located, Path_
 
 _AGENT_FIELDS = ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
@@ -78,6 +79,9 @@ class Compiler:
         self.retry = RetryPolicy(**data["retry"]) if "retry" in data else RetryPolicy()
         self.registry: list[dict[str, Any]] | None = None  # live registered agents, when compiled for a store
         self.origins: dict[str, list[Path_]] = {}  # step id -> where in the file each step of that id came from
+        self.models = ModelChoice()  # the command's --model and the configured default
+        self.model_reasons: dict[str, tuple[str, str]] = {}  # step id -> (its model, why)
+        self.model_names: set[str] = set()  # every role, name and step id a --model ROLE= could target
 
     def error(self, path: Path_, message: str) -> PlanError:
         return self.where.error(path, message)
@@ -146,7 +150,6 @@ class Compiler:
         role: str | None = None,
         default_output: str | None = None,
         default_prompt: str | None = None,
-        default_model: str | None = None,
         **extra: Any,
     ) -> Step:
         self.origins.setdefault(step_id, []).append(path)
@@ -156,10 +159,13 @@ class Compiler:
             return self.breakout_step(step_id, agent, path, after)
         fields = {k: agent[k] for k in _AGENT_FIELDS if k in agent}
         if kind in ("llm", "coder"):
-            fields.setdefault("model", default_model or self.data.get("model"))
-            fields["model"] = relative_to(fields.get("model"), self.file)
-            if not fields.get("model"):
-                raise self.error(path, "an llm agent needs a model (here, in its role, or `model:` at the top)")
+            names = tuple(n for n in (agent.get("role"), role, step_id) if n)
+            self.model_names.update(names)
+            model, why = self.models.choose(names, fields.get("model"), self.data.get("model"))
+            if not model:
+                raise self.error(path, f"an {kind} agent needs a model: {why}")
+            fields["model"] = relative_to(model, self.file)
+            self.model_reasons[step_id] = (fields["model"], why)
         fields["env"] = tuple(agent.get("env", ()))
         if "cache" in agent:
             fields["cache"] = agent["cache"]

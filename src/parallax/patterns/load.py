@@ -25,13 +25,16 @@ from pydantic import ValidationError
 from parallax.agents.refs import module_name_for, resolve_ref
 from parallax.core.errors import PlanError
 from parallax.core.plan import Plan
+from parallax.model_choice import ModelChoice
 from parallax.patterns.yaml_loader import load_pattern
 
 
-def load_target(target: str, inputs: Mapping[str, Any] | None = None) -> Plan:
+def load_target(target: str, inputs: Mapping[str, Any] | None = None, *, models: ModelChoice | None = None) -> Plan:
+    """A target's Plan. `models` applies to YAML patterns (a Python target names its models in
+    code)."""
     inputs = dict(inputs or {})
     if target.endswith((".yaml", ".yml")):
-        return load_pattern(target, inputs)
+        return load_pattern(target, inputs, models=models)
     ref = target
     if ":" not in target.rsplit("/", 1)[-1]:
         if not target.endswith(".py"):

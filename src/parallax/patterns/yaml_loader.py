@@ -35,6 +35,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from parallax.core.errors import PlanError
 from parallax.core.plan import Plan, Step
 from parallax.core.types import build_type
+from parallax.model_choice import ModelChoice
 from parallax.patterns.cohorts import compile_cohorts, compile_orgchart
 from parallax.patterns.compile import Compiler, compile_tasks
 from parallax.patterns.located import Located, Path_, shown
@@ -341,12 +342,16 @@ def compile_document(
     file: str,
     types: dict[str, dict[str, str]],
     registry: list[dict[str, Any]] | None = None,
+    models: ModelChoice | None = None,
+    model_reasons: dict[str, tuple[str, str]] | None = None,
 ) -> Plan:
     """A parsed, schema-checked and env-expanded document -> its Plan, by its pattern's compiler
     (`patterns/compile.py`, `patterns/cohorts.py`); a breakout's own pattern file is loaded with
     `load_pattern`."""
-    compiler = Compiler(data, where, file, types, load_pattern)
+    compiler = Compiler(data, where, file, types, lambda path: load_pattern(path, models=models))
     compiler.registry = registry
+    if models is not None:
+        compiler.models = models
     compiler.check_reserved()
     builders: dict[str, Callable[[], list[Step]]] = {
         "fanout": compiler.fanout_like,
@@ -363,6 +368,14 @@ def compile_document(
     steps = builders[data["pattern"]]()
     if data["pattern"] not in ("fanout", "pipeline", "vote"):
         steps += compiler.approvals(steps)
+    unmatched = compiler.models.unmatched(compiler.model_names)
+    if unmatched:
+        known = ", ".join(sorted(compiler.model_names)) or "none"
+        raise PlanError(
+            f"--model {unmatched[0]}=…: no llm or coder agent of {file} answers to {unmatched[0]!r} (known: {known})"
+        )
+    if model_reasons is not None:
+        model_reasons.update(compiler.model_reasons)
     return compiler.plan(steps)
 
 
@@ -372,7 +385,13 @@ def compile_pattern(
     inputs: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     registry: list[dict[str, Any]] | None = None,
+    *,
+    models: ModelChoice | None = None,
+    model_reasons: dict[str, tuple[str, str]] | None = None,
 ) -> Plan:
+    """A YAML pattern's Plan. `models`: the command's --model and the configured default, for
+    llm/coder agents that name none (`parallax.model_choice`); `model_reasons`, when given, is
+    filled with each llm/coder step's model and why."""
     data, where = parse_yaml(text, file)
     if not isinstance(data, dict):
         raise where.error((), "a pattern is a mapping with pattern, name and agents")
@@ -387,10 +406,16 @@ def compile_pattern(
             raise where.error(("types", type_name), str(e)) from e
     if inputs:
         data["inputs"] = {**data.get("inputs", {}), **inputs}
-    return compile_document(data, where, file, types, registry)
+    return compile_document(data, where, file, types, registry, models, model_reasons)
 
 
-def load_pattern(path: str | Path, inputs: Mapping[str, Any] | None = None) -> Plan:
+def load_pattern(
+    path: str | Path,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    models: ModelChoice | None = None,
+    model_reasons: dict[str, tuple[str, str]] | None = None,
+) -> Plan:
     if "\x00" in str(path):
         raise PlanError(f"{str(path)!r}: a path cannot hold a NUL character")
     try:
@@ -403,4 +428,4 @@ def load_pattern(path: str | Path, inputs: Mapping[str, Any] | None = None) -> P
         before = raw[: e.start]
         line, col = before.count(b"\n") + 1, e.start - before.rfind(b"\n")
         raise PlanError(f"{path}:{line}:{col}: not UTF-8 (byte {raw[e.start]:#04x}); a pattern is UTF-8 text") from None
-    return compile_pattern(text, str(path), inputs)
+    return compile_pattern(text, str(path), inputs, models=models, model_reasons=model_reasons)

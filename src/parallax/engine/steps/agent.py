@@ -62,6 +62,7 @@ class AgentSteps:
 
     async def __call__(self, ctx: StepContext, step: Step) -> None:
         assert step.agent is not None
+        step = self._with_chosen_model(step)
         failed_inputs = [d for d in step.after if ctx.state.steps[d].status != "succeeded"]
         if failed_inputs:
             reason = f"input {', '.join(failed_inputs)} did not succeed"
@@ -122,6 +123,18 @@ class AgentSteps:
             await self._record(step, result, 0 if result.cached else number, published_to, idem)
             return
 
+    def _with_chosen_model(self, step: Step) -> Step:
+        """The step on the model `--model` chose for it when resuming or forking (llm and
+        coder agents only), else as planned."""
+        choice, spec = self.ctx.options.models, step.agent
+        if choice is None or spec is None or spec.kind not in ("llm", "coder"):
+            return step
+        names = (step.agent_name, step.id)
+        model = next((choice.by_role[n] for n in names if n in choice.by_role), None) or choice.flag
+        if not model or model == spec.model:
+            return step
+        return step.model_copy(update={"agent": spec.model_copy(update={"model": model})})
+
     def wrappers(self, step: Step, prompt: str | None, agent_input: dict[str, Any]) -> list[Wrapper]:
         """The data plane around this step's attempts, outermost first; a wrapper with nothing
         to do for this run (no budget, no limits, no cache) is left out."""
@@ -144,7 +157,8 @@ class AgentSteps:
         worker, in distributed mode), its stream flushed."""
         ctx, step = self.ctx, attempt.step
         assert step.agent is not None
-        await ctx.emit(ev.StepStarted(attempt.number, step.agent.kind).event(step.id, step.id))
+        chosen = step.agent.model if ctx.options.models is not None else None  # --model on resume/fork
+        await ctx.emit(ev.StepStarted(attempt.number, step.agent.kind, model=chosen).event(step.id, step.id))
         executor = ctx.options.executor
         if executor is not None:  # another process runs it (distributed mode)
             return await executor.run(
