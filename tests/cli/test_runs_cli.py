@@ -55,7 +55,7 @@ def test_run_inspect_runs(env: Path) -> None:
     assert [c["path"] for c in run["conflicts"]] == ["rate_limit"]
     assert json.loads((env / "result.json").read_text())["document"]["a"]["rate_limit"] == 10
     inspected = px("inspect", run["run_id"])
-    assert "1 conflict(s)" in inspected.output and "disagreement at rate_limit" in inspected.output
+    assert "1 conflict," in inspected.output and "disagreement at rate_limit" in inspected.output
     listed = px("runs")
     assert run["run_id"] in listed.output and "succeeded" in listed.output
 

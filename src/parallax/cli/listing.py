@@ -27,3 +27,9 @@ def runs(ctx: click.Context, as_json: bool, limit: int) -> None:
             click.echo(json.dumps(summary.__dict__))
         else:
             click.echo(f"{summary.run_id}\t{summary.status}\t{summary.name}\t{summary.steps} steps")
+    stalled = [s.run_id for s in summaries if s.status == "stalled"]
+    if stalled and not as_json:  # on stderr: stdout stays one run per line
+        click.echo(
+            f"{len(stalled)} stalled (unfinished, its coordinator gone): continue with `parallax resume {stalled[-1]}`",
+            err=True,
+        )

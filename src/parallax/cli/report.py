@@ -11,24 +11,20 @@ from rich.markup import escape
 
 from parallax.cli.context import run_with_store
 from parallax.core.state import RunState, describe
+from parallax.engine.heartbeat import Pulse, pulse
 from parallax.engine.runs import load_run
+from parallax.report import build_report, terminal_lines
 from parallax.streams.base import StreamStore
+
+_STYLES = {"heading": "bold", "subheading": "bold dim", "ok": "bold green", "bad": "bold red", "": ""}
 
 
 def print_summary(console: Console, state: RunState) -> None:
-    style = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(state.status, "magenta")
-    usage = state.usage
-    console.print(
-        f"[bold]run {state.run_id}[/] [{style}]{state.status}[/]  "
-        f"{sum(1 for s in state.steps.values() if s.status == 'succeeded')}/{len(state.steps)} steps  "
-        f"{len(state.conflicts)} conflict(s)  {usage.total_tokens} tokens  ${usage.cost_usd:.4f}",
-        highlight=False,
-    )
-    for conflict in state.conflicts:
-        console.print(f"  [yellow]•[/] {escape(conflict.describe())}", highlight=False)
-    for step in state.steps.values():
-        if step.status == "failed":
-            console.print(f"  [red]✗[/] {step.id}: {escape(step.error or '')}", highlight=False)
+    """What the run found, for a person (`parallax.report`): the synthesis, each cohort's final
+    position, divergence, the merged result, conflicts, failures, cost."""
+    for line, style in terminal_lines(build_report(state)):
+        text = escape(line)
+        console.print(f"[{_STYLES[style]}]{text}[/]" if _STYLES[style] else text, highlight=False, soft_wrap=True)
 
 
 @click.command()
@@ -38,14 +34,24 @@ def print_summary(console: Console, state: RunState) -> None:
 def inspect(ctx: click.Context, run_id: str, as_json: bool) -> None:
     """Steps, status, costs, confidence, conflicts and result of a run."""
 
-    async def action(store: StreamStore) -> RunState:
-        return await load_run(store, run_id)
+    async def action(store: StreamStore) -> tuple[RunState, Pulse | None]:
+        state = await load_run(store, run_id)
+        return state, (None if state.finished else await pulse(store, run_id))
 
-    state = run_with_store(ctx, action, create=False)
+    state, last = run_with_store(ctx, action, create=False)
+    stalled = last is not None and last.stalled()
     if as_json:
-        click.echo(json.dumps(describe(state), ensure_ascii=False, default=str))
+        view = describe(state)
+        view["stalled"] = stalled
+        click.echo(json.dumps(view, ensure_ascii=False, default=str))
         return
     console = Console()
+    if last is not None and stalled:
+        console.print(
+            f"[bold yellow]stalled[/]: no word from its coordinator ({last.coordinator}) for {last.age_s():.0f} s; "
+            f"continue it with `parallax resume {state.run_id}`",
+            highlight=False,
+        )
     view = describe(state)
     console.print(f"[bold]{state.run_id}[/]  plan {view['plan']} ({state.plan_hash[:12]})  {state.status}")
     if state.forked_from:
@@ -80,10 +86,5 @@ def inspect(ctx: click.Context, run_id: str, as_json: bool) -> None:
             f"{escape(request['outcome'])}",
             highlight=False,
         )
-    if state.divergence is not None and state.divergence.get("divergence") is not None:
-        pairs = ", ".join(f"{k} {v:.2f}" for k, v in state.divergence["similarity"].items())
-        console.print(f"divergence {state.divergence['divergence']:.2f} (similarity: {pairs})", highlight=False)
+    console.print()
     print_summary(console, state)
-    if state.result is not None:
-        text = json.dumps(state.result, indent=2, ensure_ascii=False, default=str)
-        console.print(escape(text if len(text) < 4000 else text[:4000] + "\n…"), highlight=False)

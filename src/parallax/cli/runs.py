@@ -105,7 +105,12 @@ def check_output(output: str | None) -> None:
 def finish(console: Console, state: RunState, as_json: bool, output: str | None) -> None:
     if output:
         try:
-            Path(output).write_text(json.dumps(state.result, indent=2, ensure_ascii=False) + "\n")
+            if output.endswith((".md", ".markdown")):  # the report a person reads
+                from parallax.report import build_report, markdown
+
+                Path(output).write_text(markdown(build_report(state)))
+            else:
+                Path(output).write_text(json.dumps(state.result, indent=2, ensure_ascii=False) + "\n")
         except OSError as e:
             fail(f"run {state.run_id} {state.status}, but its result could not be written to {output}: {e.strerror}")
     if as_json:
@@ -145,7 +150,9 @@ def _options(ctx: click.Context, concurrency: int | None, no_cache: bool, models
 @click.option("--no-cache", is_flag=True, help="Do not read or write the result cache.")
 @click.option("--quiet", "-q", is_flag=True, help="No live lanes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finished run as JSON.")
-@click.option("--output", "-o", metavar="FILE", help="Write the run's result to FILE as JSON.")
+@click.option(
+    "--output", "-o", metavar="FILE", help="Write the run's report to FILE.md, or its result to FILE as JSON."
+)
 @click.option("--submit", is_flag=True, help="Hand the run to `parallax worker` processes instead of running it here.")
 @click.option("--detach", is_flag=True, help="With --submit: print the run id and return at once.")
 @click.pass_context

@@ -77,3 +77,8 @@ class RunStreams:
     @property
     def snapshots(self) -> str:
         return f"{self.prefix}snapshots"
+
+    @property
+    def heartbeat(self) -> str:
+        """The coordinator's heartbeat: a record every few seconds while it runs (trimmed)."""
+        return f"{self.prefix}heartbeat"

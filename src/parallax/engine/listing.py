@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from parallax.core import events as ev
 from parallax.core.errors import BlobNotFound, StreamError
 from parallax.core.events import Event
+from parallax.engine.heartbeat import pulse
 from parallax.streams.base import ReadLimit, StreamStore, TailOffset
 from parallax.streams.folded import record_event
 
@@ -72,4 +73,9 @@ async def _summary(store: StreamStore, run_id: str, at: int, created: Event | No
         plan = fold([await resolved(store, created)]).plan
         name, steps = (plan.name, len(plan.steps)) if plan is not None else ("?", 0)
     finished = ev.RunFinished.read(ended).status if ended is not None and ended.type == ev.RUN_FINISHED else None
-    return RunSummary(run_id, name, str(finished or "running"), at, steps)
+    status = str(finished or "running")
+    if finished is None:
+        last = await pulse(store, run_id)
+        if last is not None and last.stalled():
+            status = "stalled"  # unfinished, and its coordinator has stopped beating
+    return RunSummary(run_id, name, status, at, steps)

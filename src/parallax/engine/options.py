@@ -10,6 +10,7 @@ from pathlib import Path
 
 from parallax.core.events import Event
 from parallax.engine.attempt import Executor
+from parallax.engine.heartbeat import BEAT_S
 from parallax.model_choice import ModelChoice
 from parallax.settings import HooksConfig
 
@@ -27,3 +28,4 @@ class RunOptions:
     # `--model` on resume/fork: the model for llm/coder steps not yet started (flag), or for
     # those of one role (by_role); the plan's model otherwise. Recorded in each step.started.
     models: ModelChoice | None = None
+    heartbeat_s: float = BEAT_S  # how often the coordinator says it is alive (engine/heartbeat.py)

@@ -32,6 +32,7 @@ from parallax.core.plan import Plan, Step
 from parallax.core.state import RunState
 from parallax.engine.control import ControlLog
 from parallax.engine.heap import frozen_heap
+from parallax.engine.heartbeat import beat
 from parallax.engine.hooks import Hooks
 from parallax.engine.listing import planned_steps
 from parallax.engine.options import RunOptions as RunOptions
@@ -127,6 +128,7 @@ class Runner:
     async def _schedule(self) -> None:
         plan = self.plan
         watcher = asyncio.create_task(self._watch_control())
+        pulse = asyncio.create_task(beat(self.store, self.run_id, self.options.coordinator, self.options.heartbeat_s))
         try:
             for step_id in plan.topological_order():
                 if not self.state.steps[step_id].done and self._remaining[step_id] == 0:
@@ -139,9 +141,10 @@ class Runner:
             await self._finish()
         finally:
             watcher.cancel()
+            pulse.cancel()
             for task in self._tasks.values():
                 task.cancel()
-            await asyncio.gather(watcher, *self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(watcher, pulse, *self._tasks.values(), return_exceptions=True)
             await self.log.close()
             if self.hooks is not None:
                 await self.hooks.drain()
