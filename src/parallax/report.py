@@ -141,7 +141,12 @@ def _cohorts(state: RunState) -> Section | None:
 def _divergence(data: dict[str, Any]) -> Section:
     value = data["divergence"]
     measure = data.get("measure", "")
-    reading = "the cohorts largely agree" if value < 0.34 else "partly apart" if value < 0.67 else "far apart"
+    agreement = data.get("agreement")
+    if isinstance(agreement, dict) and agreement:
+        agreeing = sum(1 for v in agreement.values() if v)
+        reading = f"{agreeing} of {len(agreement)} pairs of cohorts agree"
+    else:  # recorded before the measure said which pairs agree
+        reading = "the cohorts largely agree" if value < 0.34 else "partly apart" if value < 0.67 else "far apart"
     section = Section("Divergence", text=[f"{value:.2f} on 0 (same) to 1 (opposed): {reading}. Measure: {measure}."])
     pairs = data.get("similarity") or {}
     section.fields = [(pair.replace("|", " / "), f"similarity {float(s):.2f}") for pair, s in sorted(pairs.items())]

@@ -214,8 +214,9 @@ def test_conclude_asks_for_the_synthesis_with_the_divergence_of_the_cohorts() ->
     assert synthesis.input["rounds"] == 1
     assert out.rewire == {"decide.1": ["synthesis"]}
     assert out.divergence is not None
-    assert out.divergence["similarity"] == {"a|b": round(1 / 3, 4)}
-    assert out.output == {"round": 1, "concluded": True, "divergence": round(1 - 1 / 3, 4)}
+    assert set(out.divergence["similarity"]) == {"a|b"}  # the cohorts' latest turns, compared
+    assert out.divergence["measures"]["jaccard-content-words"] == {"a|b": round(1 / 3, 4)}
+    assert out.output == {"round": 1, "concluded": True, "divergence": out.divergence["divergence"]}
     assert out.session is not None
     assert out.session["concluded"] is True
 

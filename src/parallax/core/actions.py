@@ -119,6 +119,13 @@ class Contribution(BaseModel):
     position: str
     reasoning: str = ""
     confidence: Annotated[float, Field(ge=0, le=1)] | None = None
+    stance: str | None = Field(
+        default=None,
+        description=(
+            "Your answer in one to three words, so positions can be compared exactly: "
+            "yes / no / depends for a yes-or-no question, otherwise the option you choose."
+        ),
+    )
 
 
 class Synthesis(BaseModel):

@@ -296,22 +296,42 @@ def _apply_one(
     return "continued"
 
 
-def latest_positions(state: RunState, cohorts: list[str] | None = None) -> dict[str, str]:
-    """Each cohort's latest round of turns, as text (what the divergence measure compares)."""
+def _latest_outputs(state: RunState, cohorts: list[str] | None = None) -> dict[str, list[Any]]:
+    """Each cohort's latest round of turns, as the outputs its members recorded."""
     if state.plan is None:
         return {}
-    latest: dict[str, tuple[int, list[str]]] = {}
+    latest: dict[str, tuple[int, list[Any]]] = {}
     for spec in state.plan.steps:
         if not spec.cohort or not succeeded(state, spec.id) or (cohorts is not None and spec.cohort not in cohorts):
             continue
         n = int(spec.input.get("round", 0) or 0)  # type: ignore[arg-type]
         best = latest.get(spec.cohort)
-        text = text_of(output_of(state, spec.id))
+        output = output_of(state, spec.id)
         if best is None or n > best[0]:
-            latest[spec.cohort] = (n, [text])
+            latest[spec.cohort] = (n, [output])
         elif n == best[0]:
-            best[1].append(text)
-    return {c: " ".join(texts) for c, (_, texts) in sorted(latest.items())}
+            best[1].append(output)
+    return {c: outputs for c, (_, outputs) in sorted(latest.items())}
+
+
+def latest_positions(state: RunState, cohorts: list[str] | None = None) -> dict[str, str]:
+    """Each cohort's latest round of turns, as one text (what a merge compares for conflicts)."""
+    return {c: " ".join(text_of(o) for o in outputs) for c, outputs in _latest_outputs(state, cohorts).items()}
+
+
+def latest_conclusions(state: RunState, cohorts: list[str] | None = None) -> dict[str, list[str]]:
+    """Each cohort's latest round of turns, one text per member (what the divergence measure reads)."""
+    return {c: [text_of(o) for o in outputs] for c, outputs in _latest_outputs(state, cohorts).items()}
+
+
+def latest_stances(state: RunState, cohorts: list[str] | None = None) -> dict[str, list[str]]:
+    """Each cohort's latest round of stances (a `Contribution`'s optional `stance`); a cohort whose
+    members gave none is left out, and the divergence measure falls back to their text."""
+    stances = {
+        c: [o["stance"] for o in outputs if isinstance(o, Mapping) and isinstance(o.get("stance"), str) and o["stance"]]
+        for c, outputs in _latest_outputs(state, cohorts).items()
+    }
+    return {c: s for c, s in stances.items() if s}
 
 
 def _conclude(step: Step, state: RunState, session: dict[str, Any], out: Expansion, n: int) -> Expansion:
@@ -326,7 +346,7 @@ def _conclude(step: Step, state: RunState, session: dict[str, Any], out: Expansi
     )
     out.add.append(synthesis)
     out.rewire = {step.id: [synthesis.id]}
-    out.divergence = divergence(latest_positions(state))
+    out.divergence = divergence(latest_conclusions(state), latest_stances(state))
     out.output = {"round": n, "concluded": True, "divergence": out.divergence["divergence"]}
     out.session = session
     return out

@@ -24,7 +24,8 @@ Your cohort's discussion so far (you cannot see the other cohorts):
 From the moderator: {{input.steer}}
 Messages for you: {{inbox}}
 
-Give your position, your reasoning, and your confidence (0 to 1)."""
+Give your position, your reasoning, your confidence (0 to 1), and your stance: your answer in one
+to three words (yes / no / depends, or the option you choose)."""
 
 MODERATOR_PROMPT = """{{input.question}}
 
