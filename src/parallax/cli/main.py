@@ -35,6 +35,11 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "mcp": ("serve", "mcp", "Serve Parallax to a coding agent over the Model Context Protocol (stdio)."),
     "message": ("live", "message", "Send TEXT to a cohort, an agent or the moderator of a live run (their inbox)."),
     "plan": ("planner", "plan", "Decompose GOAL over a repository into a task graph with disjoint write sets."),
+    "research": (
+        "research",
+        "research",
+        "Research QUESTION with isolated cohorts of agents and a moderator; print the answer.",
+    ),
     "resume": ("runs", "resume", "Continue a run from its log: steps with recorded output are never run again."),
     "review": ("tasks", "review", "The review queue: finished tasks wait here when the graph says `review: true`."),
     "run": ("runs", "run", "Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."),

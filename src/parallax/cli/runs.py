@@ -155,6 +155,8 @@ def _options(ctx: click.Context, concurrency: int | None, no_cache: bool, models
 )
 @click.option("--submit", is_flag=True, help="Hand the run to `parallax worker` processes instead of running it here.")
 @click.option("--detach", is_flag=True, help="With --submit: print the run id and return at once.")
+@click.option("--estimate", "estimate_only", is_flag=True, help="Print what the run would call and cost, and stop.")
+@click.option("--yes", "-y", is_flag=True, help="Spend on paid models without asking (the estimate is still printed).")
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -170,13 +172,30 @@ def run(
     output: str | None,
     submit: bool,
     detach: bool,
+    estimate_only: bool,
+    yes: bool,
 ) -> None:
     """Run TARGET (pattern.yaml, file.py, file.py:attr or module:attr) and follow it live."""
+    from parallax.cli.spend import confirm_spend, with_default_budget
+    from parallax.estimate import estimate_plan
+
     if detach and not submit:
         raise click.UsageError("--detach needs --submit (a run started here lives as long as this process)")
     check_output(output)
-    plan = load_plan(_settings(ctx), target=target, inputs=parse_inputs(inputs, input_files), models=models)
+    settings = _settings(ctx)
+    plan = load_plan(settings, target=target, inputs=parse_inputs(inputs, input_files), models=models)
     console = Console(stderr=as_json)
+    estimate = estimate_plan(plan)
+    if estimate_only:
+        if as_json:
+            click.echo(json.dumps(estimate.as_dict()))
+        else:
+            for line in estimate.lines():
+                console.print(line, highlight=False, soft_wrap=True)
+        return
+    budget_set = settings.max_tokens is not None or settings.max_cost_usd is not None
+    confirm_spend(console, estimate, yes=yes, budget_set=budget_set or plan.budget.max_cost_usd is not None)
+    plan = with_default_budget(plan, estimate)
 
     async def action(store: StreamStore) -> RunState:
         new_id = await api.create_run(store, plan, run_id=run_id, source=target)
