@@ -62,7 +62,9 @@ async def test_streamed_typed_output_with_usage(store: SqliteStore) -> None:
     assert request["tools"][0]["function"]["name"] == "final_result"
     records = await store.read_all(agent_stream(state.run_id, "ask"))
     chunks = [json.loads(r.body)["text"] for r in records if r.header(b"type") == ev.AGENT_CHUNK.encode()]
-    assert len(chunks) > 1, "the answer arrived in several streamed chunks"
+    # The server streamed the arguments in 16-character chunks; the agent's stream holds them all,
+    # in order, in as many records as they were grouped into on arrival (see CoalescingModel).
+    assert chunks
     assert json.loads("".join(chunks)) == {"answer": "42", "confidence": 0.9}
 
 

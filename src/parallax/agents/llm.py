@@ -10,11 +10,17 @@ Typed output: the step's pydantic model. Invalid output goes back to the model w
 validation error (`settings.output_retries`, default 2), then the attempt fails with
 InvalidOutput. The provider SDK's own retries are turned off (`max_retries=0`) so that every
 retry is the engine's, recorded on the run's stream and honouring Retry-After.
+
+Streaming: the answer (text, or the output tool's arguments) goes to the agent's stream as
+`agent.chunk` records, each holding what the model sent since the one before (`CoalescingModel`:
+at once after a pause, then at most every STREAM_GROUP_S while the model keeps sending). Joined,
+they are the answer, in order; how many there are depends on how fast it came.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable
 from typing import Any, cast
 
 from pydantic import BaseModel
@@ -24,6 +30,11 @@ from parallax.agents.base import Agent, AgentContext, AgentResult
 from parallax.core import events as ev
 from parallax.core.errors import AgentFailed, InvalidOutput, ProviderError
 from parallax.core.plan import AgentSpec
+
+# While a model streams, what it sent reaches the agent's stream at most this often, in one
+# record (see agents/coalesce.py): pydantic-ai's own debounce, and more often than the live
+# lanes redraw (8 times a second).
+STREAM_GROUP_S = 0.1
 
 
 def build_model(spec: AgentSpec, agent_name: str, env: dict[str, str]) -> Any:
@@ -119,19 +130,27 @@ class LlmAgent(Agent):
     ) -> tuple[AgentResult, list[Any]]:
         """One model run (with its tool calls) from `prompt` after `history`; returns the result
         and the whole conversation so far, to continue from."""
+        import pydantic_ai
         from pydantic_ai import (
             Agent as PaiAgent,
         )
         from pydantic_ai import (
-            AgentRunResultEvent,
+            AgentStreamEvent,
             FunctionToolCallEvent,
             FunctionToolResultEvent,
             PartDeltaEvent,
             PartStartEvent,
+            RunContext,
             TextPartDelta,
             ToolCallPartDelta,
         )
         from pydantic_ai.usage import RunUsage
+
+        from parallax.agents.coalesce import CoalescingModel
+
+        # pydantic-ai's first-run banner ("observability: off ... Logfire") is for its own users
+        # at a terminal; in Parallax it would land in the middle of the live lanes.
+        pydantic_ai.BANNER_ENABLED = False
 
         spec = self.spec
         model_name = spec.model or ""
@@ -149,7 +168,7 @@ class LlmAgent(Agent):
         output_type: type[BaseModel] | type[str] = ctx.output_type or str
         output_retries = spec.settings.get("output_retries", 2)
         agent: PaiAgent[None, Any] = PaiAgent(
-            model,
+            CoalescingModel(model, interval_s=STREAM_GROUP_S),
             output_type=output_type,
             instructions=spec.instructions,
             retries={"output": int(output_retries) if isinstance(output_retries, int) else 2},
@@ -163,43 +182,49 @@ class LlmAgent(Agent):
         # a call in flight finishes, and what it used is recorded even when it fails.
         usage = RunUsage()
         tool_spans: dict[str, Any] = {}  # tool call id -> its span, ended when the result comes
+
+        async def on_events(_: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+            # Each text or tool-argument delta is what the model streamed since the last one
+            # (see CoalescingModel): one record on the agent's stream per group, same text.
+            async for event in events:
+                if isinstance(event, PartStartEvent):
+                    content = getattr(event.part, "content", None)
+                    if isinstance(content, str):
+                        ctx.emit(content)
+                    args = getattr(event.part, "args", None)
+                    if isinstance(args, str):
+                        ctx.emit(args)
+                elif isinstance(event, PartDeltaEvent):
+                    if isinstance(event.delta, TextPartDelta):
+                        ctx.emit(event.delta.content_delta)
+                    elif isinstance(event.delta, ToolCallPartDelta) and isinstance(event.delta.args_delta, str):
+                        ctx.emit(event.delta.args_delta)
+                elif isinstance(event, FunctionToolCallEvent):
+                    ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.part.tool_name, "args": event.part.args})
+                    tool_spans[event.part.tool_call_id] = telemetry.start_span(
+                        f"execute_tool {event.part.tool_name}",
+                        {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.part.tool_name,
+                         "gen_ai.tool.call.id": event.part.tool_call_id, "parallax.step": ctx.step_id,
+                         "parallax.stream": ctx.stream},
+                    )  # fmt: skip
+                elif isinstance(event, FunctionToolResultEvent):
+                    content = getattr(event.part, "content", None)
+                    text = content if isinstance(content, str) else json.dumps(content, default=str)
+                    tool = getattr(event.part, "tool_name", None)
+                    ctx.log(ev.AGENT_TOOL_RESULT, {"tool": tool, "result": text[:2000]})
+                    tool_span = tool_spans.pop(getattr(event.part, "tool_call_id", ""), None)
+                    if tool_span is not None:
+                        tool_span.end()
+
         ctx.log(ev.AGENT_INPUT, {"model": model_name, "prompt": prompt, "instructions": spec.instructions})
-        result: Any = None
         try:
-            async with agent.run_stream_events(
-                prompt, message_history=history, model_settings=cast(Any, settings), usage=usage
-            ) as stream:
-                async for event in stream:
-                    if isinstance(event, PartStartEvent):
-                        content = getattr(event.part, "content", None)
-                        if isinstance(content, str):
-                            ctx.emit(content)
-                        args = getattr(event.part, "args", None)
-                        if isinstance(args, str):
-                            ctx.emit(args)
-                    elif isinstance(event, PartDeltaEvent):
-                        if isinstance(event.delta, TextPartDelta):
-                            ctx.emit(event.delta.content_delta)
-                        elif isinstance(event.delta, ToolCallPartDelta) and isinstance(event.delta.args_delta, str):
-                            ctx.emit(event.delta.args_delta)
-                    elif isinstance(event, FunctionToolCallEvent):
-                        ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.part.tool_name, "args": event.part.args})
-                        tool_spans[event.part.tool_call_id] = telemetry.start_span(
-                            f"execute_tool {event.part.tool_name}",
-                            {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": event.part.tool_name,
-                             "gen_ai.tool.call.id": event.part.tool_call_id, "parallax.step": ctx.step_id,
-                             "parallax.stream": ctx.stream},
-                        )  # fmt: skip
-                    elif isinstance(event, FunctionToolResultEvent):
-                        content = getattr(event.part, "content", None)
-                        text = content if isinstance(content, str) else json.dumps(content, default=str)
-                        tool = getattr(event.part, "tool_name", None)
-                        ctx.log(ev.AGENT_TOOL_RESULT, {"tool": tool, "result": text[:2000]})
-                        tool_span = tool_spans.pop(getattr(event.part, "tool_call_id", ""), None)
-                        if tool_span is not None:
-                            tool_span.end()
-                    elif isinstance(event, AgentRunResultEvent):
-                        result = event.result
+            result = await agent.run(
+                prompt,
+                message_history=history,
+                model_settings=cast(Any, settings),
+                usage=usage,
+                event_stream_handler=on_events,
+            )
         except AgentFailed as e:
             e.usage = usage_of(usage)
             raise
@@ -209,8 +234,6 @@ class LlmAgent(Agent):
                 raise
             translated.usage = usage_of(usage)
             raise translated from e
-        if result is None:
-            raise AgentFailed(f"{model_name}: the run ended without a result", retryable=True)
         output = result.output
         confidence = getattr(output, "confidence", None)
         if isinstance(output, BaseModel):

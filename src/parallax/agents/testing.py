@@ -54,7 +54,7 @@ class ScriptedModel(FunctionModel):
     def from_file(cls, path: str, agent: str) -> ScriptedModel:
         """`path` holds a JSON list of answers, or an object mapping agent names (or step ids,
         such as `critic.r2` for a later round) to lists, with an optional
-        `"_settings": {"chunk_delay_s": ...}`."""
+        `"_settings": {"chunk_delay_s": ..., "chunk_size": ...}`."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
@@ -67,7 +67,11 @@ class ScriptedModel(FunctionModel):
             data = data[agent]
         if not isinstance(data, list):
             data = [data]
-        return cls(data, chunk_delay_s=float(settings.get("chunk_delay_s", 0.0)))
+        return cls(
+            data,
+            chunk_size=int(settings.get("chunk_size", 24)),
+            chunk_delay_s=float(settings.get("chunk_delay_s", 0.0)),
+        )
 
     def _next(self) -> Any:
         answer = self.answers[min(self.calls, len(self.answers) - 1)]
