@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/streams.py --quick
 	$(BIN)/python bench/fanout.py --quick
 	$(BIN)/python bench/cli.py --reps 10
+	$(BIN)/python bench/streaming.py --quick
+	$(BIN)/python bench/divergence.py
 	$(BIN)/python bench/distributed.py --quick
 	$(BIN)/python bench/resume.py --quick
 
