@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from parallax.research import builtin_design, choose_method, to_pattern, with_flags
+from parallax.research import METHODS, builtin_design, choose_method, to_pattern, with_flags
 from tests.cli.test_config import parallax, project_with
 
 QUESTION = "Should a 40-person startup move its monolith to microservices this year?"
@@ -107,3 +108,21 @@ def test_a_paid_run_nobody_confirmed_is_refused_before_anything_is_written(tmp_p
     assert listed.stdout.strip() == ""  # nothing was written
     research = parallax(project, "research", QUESTION, *paid)
     assert research.returncode == 2 and "this run calls paid models" in research.stderr
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_runs_offline_and_its_plan_is_the_one_plan_only_prints(tmp_path: Path, method: str) -> None:
+    project = project_with(tmp_path, "")
+    planned = parallax(project, "research", QUESTION, "--method", method, "--plan-only")
+    assert planned.returncode == 0, planned.stderr
+    (project / "research.yaml").write_text(planned.stdout)
+    researched = parallax(project, "research", QUESTION, "--method", method, "--json")
+    assert researched.returncode == 0, researched.stderr
+    run = json.loads(researched.stdout)
+    assert run["status"] == "succeeded"
+    expected = {c.name for c in builtin_design(QUESTION, method=method).cohorts}  # type: ignore[arg-type]
+    assert {s["cohort"] for s in run["steps"] if s["cohort"]} == expected
+    assert run["steps"][-1]["id"] == "synthesis" and run["steps"][-1]["status"] == "succeeded"
+    rerun = parallax(project, "run", "research.yaml", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["plan_hash"] == run["plan_hash"]  # the same plan, from the YAML alone

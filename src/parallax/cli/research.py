@@ -134,7 +134,7 @@ def research(
         if estimate_only:
             _print_estimate(console, estimate, as_json)
             raise SystemExit(0)
-        confirm_spend(console, estimate, yes=yes or plan_only, budget_set=_budget_set(settings))
+        confirm_spend(console, estimate, yes=yes or plan_only, budget_set=_budget_set(settings), show=True)
         console.print(f"designing the method for this question with {model or 'the chosen models'}…", highlight=False)
         design_run = await api.create_run(store, with_default_budget(design_plan, estimate), source="research design")
         state = await Runner(store, design_run, run_options(settings)).run()

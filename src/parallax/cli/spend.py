@@ -30,11 +30,13 @@ def spends(estimate: Estimate) -> bool:
     return bool(estimate.unknown_price) or (high is not None and high > 0)
 
 
-def confirm_spend(console: Console, estimate: Estimate, *, yes: bool, budget_set: bool) -> None:
+def confirm_spend(console: Console, estimate: Estimate, *, yes: bool, budget_set: bool, show: bool = False) -> None:
+    """Print the estimate (always with `show`, else when the run spends), then ask, or refuse."""
+    if show or spends(estimate):
+        for line in estimate.lines():
+            console.print(line, highlight=False, soft_wrap=True)
     if not spends(estimate):
         return
-    for line in estimate.lines():
-        console.print(line, highlight=False, soft_wrap=True)
     if yes:
         return
     if sys.stdin.isatty() and sys.stderr.isatty():
