@@ -149,7 +149,14 @@ def _divergence(data: dict[str, Any]) -> Section:
         reading = "the cohorts largely agree" if value < 0.34 else "partly apart" if value < 0.67 else "far apart"
     section = Section("Divergence", text=[f"{value:.2f} on 0 (same) to 1 (opposed): {reading}. Measure: {measure}."])
     pairs = data.get("similarity") or {}
-    section.fields = [(pair.replace("|", " / "), f"similarity {float(s):.2f}") for pair, s in sorted(pairs.items())]
+    agree = agreement if isinstance(agreement, dict) else {}
+    section.fields = [
+        (
+            pair.replace("|", " / "),
+            f"similarity {float(s):.2f}" + ({True: ", agree", False: ", apart"}.get(agree.get(pair), "")),
+        )
+        for pair, s in sorted(pairs.items())
+    ]
     return section
 
 

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from parallax.cli.readable import output_line, readable
 from parallax.core import events as ev
 from parallax.core.events import Event
 from parallax.core.runstreams import RunStreams
@@ -34,10 +35,22 @@ STATUS_STYLE = {
 }
 
 
+MAX_LANE_TEXT = 16_384  # characters of an agent's streamed text kept to read it from
+
+
+def _round_of(step_id: str) -> int:
+    tail = step_id.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class Lane:
     step: str
-    last_text: str = ""
+    text: str = ""  # what the agent streamed so far (its first MAX_LANE_TEXT characters, then the tail)
     chunks: int = 0
     started_monotonic: float | None = None
     finished_monotonic: float | None = None
@@ -62,10 +75,9 @@ class LaneView:
     def _on_agent_event(self, lane: Lane, event: Event) -> None:
         if event.type == ev.AGENT_CHUNK:
             lane.chunks += 1
-            text = (lane.last_text + str(event.data.get("text", ""))).replace("\n", " ")
-            lane.last_text = text[-160:]
-            if not self.live and lane.chunks % 20 == 1:
-                self.console.print(f"[dim]{lane.step:>14}[/] … {escape(lane.last_text[-70:])}", highlight=False)
+            text = lane.text + str(event.data.get("text", ""))
+            # A structured answer is read from its start (its fields); plain text from its end.
+            lane.text = text if len(text) <= MAX_LANE_TEXT else text[: MAX_LANE_TEXT // 2] + text[-MAX_LANE_TEXT // 2 :]
         elif event.type == ev.AGENT_TOOL_CALL:
             lane.note = f"tool {event.data.get('tool')}"
 
@@ -102,7 +114,10 @@ class LaneView:
         elif event.type == ev.STEP_OUTPUT:
             state = self.state.steps[step]
             extra = f", confidence {state.confidence:.2f}" if state.confidence is not None else ""
-            text = f"[green]succeeded[/]{' (cached)' if state.cached else ''}{extra}"
+            said = _cut(output_line(state.output), 160) if state.output is not None else ""
+            text = f"[green]succeeded[/]{' (cached)' if state.cached else ''}{extra}" + (
+                f"  {escape(said)}" if said else ""
+            )
         elif event.type == ev.STEP_FAILED:
             final = event.data.get("final", True)
             text = f"[red]{'failed' if final else 'attempt failed'}[/]: {escape(str(event.data.get('error')))}"
@@ -119,7 +134,43 @@ class LaneView:
             return
         self.console.print(f"{step:>14}  {text}", highlight=False)
 
-    def render(self) -> Group:
+    def _said(self, step_id: str) -> str:
+        """The lane's text: the recorded output once there is one (replacing what streamed),
+        else what is streaming, readably; a failure or skip says why."""
+        step = self.state.steps[step_id]
+        lane = self._lane(step_id)
+        if step.status == "failed":
+            return step.error or ""
+        if step.status == "skipped":
+            return step.skipped_reason or ""
+        if step.output is not None:
+            return output_line(step.output)
+        if lane.note:
+            return lane.note
+        said = readable(lane.text)
+        return said if lane.text.lstrip().startswith(("{", "[")) else said[-160:]
+
+    def _row(self, table: Table, step_id: str, label: str, now: float) -> None:
+        step = self.state.steps.get(step_id)
+        if step is None:
+            return
+        lane = self._lane(step_id)
+        elapsed = ""
+        if lane.started_monotonic is not None:
+            elapsed = f"{(lane.finished_monotonic or now) - lane.started_monotonic:.1f}s"
+        status = step.status + (f" #{step.attempts}" if step.attempts > 1 else "")
+        if step.cached:
+            status += " (cache)"
+        table.add_row(
+            label,
+            Text(status, style=STATUS_STYLE.get(step.status, "")),
+            elapsed,
+            str(step.usage.total_tokens or ""),
+            "" if step.confidence is None else f"{step.confidence:.2f}",
+            self._said(step_id),
+        )
+
+    def _table(self) -> Table:
         table = Table(expand=True, show_edge=False, pad_edge=False, box=None)
         table.add_column("agent", no_wrap=True, style="bold")
         table.add_column("status", no_wrap=True)
@@ -127,39 +178,75 @@ class LaneView:
         table.add_column("tokens", justify="right", no_wrap=True)
         table.add_column("conf", justify="right", no_wrap=True)
         table.add_column("output", overflow="ellipsis", no_wrap=True, ratio=1)
-        now = time.monotonic()
-        order = [s.id for s in self.state.plan.steps] if self.state.plan else list(self.lanes)
-        for step_id in order:
-            step = self.state.steps.get(step_id)
-            if step is None:
+        return table
+
+    def _cohort_rows(self, table: Table, now: float) -> bool:
+        """A cohorts run, grouped: each cohort's members at their latest turn, the moderator's
+        latest decision, the synthesis. False when the run has no cohorts."""
+        plan = self.state.plan
+        if plan is None or not any(s.cohort for s in plan.steps):
+            return False
+        latest: dict[str, dict[str, tuple[int, str]]] = {}
+        moderator: tuple[int, str] | None = None
+        for spec in plan.steps:
+            round_number = _round_of(spec.id)
+            if spec.cohort:
+                member = spec.agent_name
+                known = latest.setdefault(spec.cohort, {}).get(member)
+                if known is None or round_number >= known[0]:
+                    latest[spec.cohort][member] = (round_number, spec.id)
+            elif spec.agent_name == "moderator" and (moderator is None or round_number >= moderator[0]):
+                moderator = (round_number, spec.id)
+        for cohort, members in latest.items():
+            table.add_row(Text(cohort, style="bold cyan"), "", "", "", "", "")
+            for member, (round_number, step_id) in sorted(members.items()):
+                self._row(table, step_id, f"  {member} r{round_number}", now)
+        if moderator is not None:
+            table.add_row(Text("moderator", style="bold cyan"), "", "", "", "", "")
+            self._row(table, moderator[1], f"  round {moderator[0]}", now)
+        if "synthesis" in self.state.steps:
+            self._row(table, "synthesis", "synthesis", now)
+        return True
+
+    def _task_rows(self) -> Table | None:
+        """A task graph: one row per task (status, holder, attempt, write set, changed files)."""
+        board = self.state.tasks
+        if board is None:
+            return None
+        table = Table(expand=True, show_edge=False, pad_edge=False, box=None, title="tasks", title_justify="left")
+        for name in ("task", "status", "holder", "try", "writes", "changed", "note"):
+            table.add_column(name, no_wrap=name != "note", overflow="ellipsis")
+        for spec in board.spec.tasks:
+            task = board.tasks.get(spec.id)
+            if task is None:
                 continue
-            lane = self._lane(step_id)
-            elapsed = ""
-            if lane.started_monotonic is not None:
-                elapsed = f"{(lane.finished_monotonic or now) - lane.started_monotonic:.1f}s"
-            status = step.status + (f" #{step.attempts}" if step.attempts > 1 else "")
-            if step.cached:
-                status += " (cache)"
-            text = lane.note or lane.last_text[-120:]
-            if step.status == "failed":
-                text = step.error or ""
-            elif step.status == "skipped":
-                text = step.skipped_reason or ""
+            note = task.error or task.feedback or (task.commit[:10] if task.commit else "")
             table.add_row(
-                step_id,
-                Text(status, style=STATUS_STYLE.get(step.status, "")),
-                elapsed,
-                str(step.usage.total_tokens or ""),
-                "" if step.confidence is None else f"{step.confidence:.2f}",
-                text,
+                spec.id,
+                Text(task.status, style=STATUS_STYLE.get(task.status, "")),
+                task.holder or "",
+                str(task.attempt or ""),
+                ", ".join(spec.writes) or "-",
+                str(len(task.changed)) if task.changed else "",
+                note,
             )
+        return table
+
+    def render(self) -> Group:
+        now = time.monotonic()
+        table = self._table()
+        if not self._cohort_rows(table, now):
+            order = [s.id for s in self.state.plan.steps] if self.state.plan else list(self.lanes)
+            for step_id in order:
+                self._row(table, step_id, step_id, now)
         title = Text(f"run {self.run_id}  {self.state.status}", style="bold")
         usage = self.state.usage
         footer = Text(
             f"{len(self.state.conflicts)} conflict(s)  {usage.total_tokens} tokens  ${usage.cost_usd:.4f}",
             style="dim",
         )
-        return Group(title, table, footer)
+        tasks = self._task_rows()
+        return Group(title, table, *([tasks] if tasks is not None else []), footer)
 
     async def follow(self) -> RunState:
         """Follow the run until `run.finished`; return the folded state."""
