@@ -153,11 +153,15 @@ def _divergence(data: dict[str, Any]) -> Section:
     section.fields = [
         (
             pair.replace("|", " / "),
-            f"similarity {float(s):.2f}" + ({True: ", agree", False: ", apart"}.get(agree.get(pair), "")),
+            f"similarity {float(s):.2f}" + _agrees(agree.get(pair)),
         )
         for pair, s in sorted(pairs.items())
     ]
     return section
+
+
+def _agrees(flag: Any) -> str:
+    return ", agree" if flag is True else ", apart" if flag is False else ""
 
 
 def _result(result: Any) -> Section:
