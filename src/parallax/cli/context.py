@@ -62,17 +62,33 @@ def run_with_store(ctx: click.Context, action: Callable[[StreamStore], Awaitable
     `create=False` for commands that only read or act on what must already be there: a store
     whose directory does not exist is then an error (exit 2) instead of a new empty one."""
     import asyncio
+    import signal
 
     from parallax.streams.url import open_store  # lazily: `parallax --help` opens no store
 
     cli: CliContext = ctx.find_object(CliContext)  # type: ignore[assignment]
+    received: list[int] = []
+
+    def stop(signum: int, task: asyncio.Task[Any]) -> None:
+        received.append(signum)
+        task.cancel()
 
     async def main() -> T:
+        # SIGTERM and SIGHUP stop the command the way Ctrl-C does: the running work is cancelled,
+        # so agents' process groups are killed and their claims released (or left to expire),
+        # and the run stays resumable; the process then exits 128 + the signal's number.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, stop, signum, task)
         store = open_store(cli.store_url, create=create)
         try:
             return await action(store)
         finally:
             await store.close()
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
 
     try:
         return asyncio.run(main())
@@ -80,5 +96,10 @@ def run_with_store(ctx: click.Context, action: Callable[[StreamStore], Awaitable
         fail(str(e), exit_code_for(e))
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        click.echo(f"stopped by {signal.Signals(received[0]).name}", err=True)
+        sys.exit(128 + received[0])
     except BrokenPipeError:
         sys.exit(0)

@@ -72,13 +72,33 @@ def parse_inputs(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, An
 
 
 async def execute(store: StreamStore, run_id: str, options: RunOptions, console: Console, quiet: bool) -> RunState:
-    """Run (or resume) with lanes following along."""
+    """Run (or resume) with lanes following along. Cancelled (Ctrl-C, SIGTERM, SIGHUP), it
+    cancels the run here and waits for it to wind down (agents' process groups killed) before
+    the store closes; the run stays resumable."""
     runner = asyncio.create_task(Runner(store, run_id, options).run())
+    try:
+        return await _follow(store, run_id, runner, console, quiet)
+    except asyncio.CancelledError:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        if not quiet:
+            console.print(f"stopped; continue with: parallax resume {run_id}", highlight=False)
+        raise
+
+
+async def _follow(
+    store: StreamStore, run_id: str, runner: asyncio.Task[RunState], console: Console, quiet: bool
+) -> RunState:
     if quiet:
         return await runner
     view = LaneView(store, run_id, console)
     follower = asyncio.create_task(view.follow())
-    done, _ = await asyncio.wait({runner, follower}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({runner, follower}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        raise
     if runner in done and runner.exception() is not None:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
