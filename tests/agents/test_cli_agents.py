@@ -49,10 +49,19 @@ def install_fake(tmp_path: Path, name: str, lines: list[Any], exit_code: int = 0
     }
 
 
-async def run_cli(store: SqliteStore, env: dict[str, str], preset: str, output: str | None = None, **settings: Any):  # type: ignore[no-untyped-def]
+async def run_cli(
+    store: SqliteStore,
+    env: dict[str, str],
+    preset: str,
+    output: str | None = None,
+    prompt: str = "Fix the bug",
+    spec_model: str | None = None,
+    **settings: Any,
+):  # type: ignore[no-untyped-def]
     agent = AgentSpec(
-        kind="cli", preset=preset, env=("FAKE_ARGV_FILE", "FAKE_OUTPUT_FILE", "FAKE_EXIT"), settings=settings
-    )
+        kind="cli", preset=preset, env=("FAKE_ARGV_FILE", "FAKE_OUTPUT_FILE", "FAKE_EXIT"), settings=settings,
+        model=spec_model,
+    )  # fmt: skip
     plan = Plan(
         name="cli",
         steps=(
@@ -60,7 +69,7 @@ async def run_cli(store: SqliteStore, env: dict[str, str], preset: str, output: 
                 id="code",
                 kind="agent",
                 agent=agent,
-                prompt="Fix the bug",
+                prompt=prompt,
                 output=output,
                 retry=RetryPolicy(max_attempts=1),
             ),
@@ -96,8 +105,8 @@ async def test_claude_stream_json(store: SqliteStore, tmp_path: Path) -> None:
     assert state.result == "Fixed it."
     assert state.steps["code"].usage.cost_usd == pytest.approx(0.0123)
     argv = json.loads((tmp_path / "claude.argv").read_text())[1:]
-    assert argv == ["-p", "Fix the bug", "--output-format", "stream-json", "--verbose", "--permission-mode",
-                    "acceptEdits", "--model", "sonnet"]  # fmt: skip
+    assert argv == ["-p", "--output-format", "stream-json", "--verbose", "--permission-mode",
+                    "acceptEdits", "--model", "sonnet", "--", "Fix the bug"]  # fmt: skip
 
 
 async def test_claude_is_error_fails_even_with_exit_0(store: SqliteStore, tmp_path: Path) -> None:
@@ -127,8 +136,8 @@ async def test_codex_jsonl_and_typed_output(store: SqliteStore, tmp_path: Path) 
     assert state.status == "succeeded", state.steps["code"].error
     assert state.result == {"answer": "patched", "confidence": 0.8}
     argv = json.loads((tmp_path / "codex.argv").read_text())[1:]
-    assert argv[:5] == ["exec", "--json", "-s", "workspace-write", "--skip-git-repo-check"]
-    assert argv[-2:] == ["-m", "gpt-5-codex"]
+    assert argv == ["exec", "--json", "-s", "workspace-write", "--skip-git-repo-check", "-m", "gpt-5-codex", "--",
+                    "Fix the bug"]  # fmt: skip
 
 
 async def test_gemini_joins_assistant_messages(store: SqliteStore, tmp_path: Path) -> None:
@@ -193,3 +202,36 @@ async def test_command_template(store: SqliteStore, tmp_path: Path) -> None:
     plan = Plan(name="t", steps=(Step(id="t", kind="agent", agent=agent, prompt="it's fixed; rm -rf /"),))
     state = await api.run_plan(store, plan)
     assert state.result == "IT'S FIXED; RM -RF /", "the prompt is shell-quoted, never executed"
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected_tail"),
+    [
+        ("claude", ["--model", "opus", "--", "- fix the bug\n- add a test"]),
+        ("codex", ["-m", "opus", "--", "- fix the bug\n- add a test"]),
+        ("opencode", ["-m", "opus", "--", "- fix the bug\n- add a test"]),
+        ("gemini", ["--prompt=- fix the bug\n- add a test", "-m", "opus"]),
+        ("aider", ["--message=- fix the bug\n- add a test", "--model", "opus"]),
+    ],
+)
+async def test_a_prompt_starting_with_a_dash_is_never_an_option_and_model_reaches_the_flag(
+    store: SqliteStore, tmp_path: Path, preset: str, expected_tail: list[str]
+) -> None:
+    # A YAML block prompt that begins with a markdown bullet; `model:` on the agent (not only
+    # settings.model) goes to the preset's model flag.
+    env = install_fake(tmp_path, preset, ["done"])
+    await run_cli(store, env, preset, prompt="- fix the bug\n- add a test", spec_model="opus")
+    argv = json.loads((tmp_path / f"{preset}.argv").read_text())[1:]
+    assert argv[-len(expected_tail) :] == expected_tail
+    assert argv.count("- fix the bug\n- add a test") + sum("=- fix the bug" in a for a in argv) == 1
+
+
+def test_model_on_a_cli_agent_without_a_model_flag_is_a_located_error() -> None:
+    from parallax.core.errors import PlanError
+    from parallax.patterns.yaml_loader import compile_pattern
+
+    text = "pattern: fanout\nname: m\nagents:\n  a:\n    kind: cli\n    command: 'echo {{prompt}}'\n    model: opus\n"
+    with pytest.raises(PlanError, match=r"<pattern>:7:\d+: agents.a.model: .*has no model flag"):
+        compile_pattern(text)
+    pinned = compile_pattern(text.replace("    command: 'echo {{prompt}}'\n", "    preset: claude\n"))
+    assert pinned.steps[0].agent is not None and pinned.steps[0].agent.model == "opus"

@@ -182,7 +182,7 @@ def test_an_external_agent_cli_joins_a_cohort(tmp_path: Path) -> None:
     finally:
         reap(runner)
     argv = json.loads((tmp_path / "claude.argv").read_text())
-    prompt = argv[argv.index("-p") + 1]
+    prompt = argv[argv.index("--") + 1]  # options first, then the prompt
     assert "cohort 'a'" in prompt
     assert "pa, round 1" in prompt  # it read a's transcript
     assert "pb" not in prompt  # and nothing of b

@@ -3,11 +3,17 @@
 Each preset follows the tool's documented non-interactive mode (checked against the real
 programs' `--help` and their output with no credentials, 2026-11):
 
-    claude    claude -p PROMPT --output-format stream-json --verbose --permission-mode acceptEdits [--model M]
-    codex     codex exec --json -s workspace-write --skip-git-repo-check [-m M] PROMPT
-    gemini    gemini -p PROMPT --approval-mode yolo --skip-trust -o stream-json [-m M]
-    aider     aider --message PROMPT --yes-always --no-pretty --no-stream ... --model M
-    opencode  opencode run --format json --auto [-m provider/model] PROMPT
+    claude    claude -p --output-format stream-json --verbose --permission-mode acceptEdits [--model M] -- PROMPT
+    codex     codex exec --json -s workspace-write --skip-git-repo-check [-m M] -- PROMPT
+    gemini    gemini --approval-mode yolo --skip-trust -o stream-json --prompt=PROMPT [-m M]
+    aider     aider --yes-always --no-pretty --no-stream ... --message=PROMPT --model M
+    opencode  opencode run --format json --auto [-m provider/model] -- PROMPT
+
+Options come first and the prompt where no option parser can read it as an option: after `--`,
+or glued to its flag; a prompt may start with "-" (a YAML block that opens with a markdown
+bullet). The agent's `model:` (or `settings.model`) goes to the preset's model flag; a model on
+a cli agent that has none (a `command` template, a configured preset without `model_flag`) is a
+located error when the pattern is compiled.
 
 Standard input is closed (codex would otherwise read it into the prompt). Every stdout line is
 streamed to the agent's stream; the final answer is taken from each tool's own result event,
@@ -173,27 +179,37 @@ class Preset:
     stdout_is_answer: bool = False  # plain-text tools: the whole stdout is the answer
 
 
+# Options first, then the prompt where no option parser can take it for an option (a prompt
+# may start with "-", as a markdown list does): after "--", or glued to its flag ("--prompt=").
 PRESETS: dict[str, Preset] = {
     "claude": Preset(
-        ("claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose", "--permission-mode", "acceptEdits"),
+        (
+            "claude",
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--permission-mode",
+            "acceptEdits",
+            "--",
+            "{prompt}",
+        ),
         ("--model", "{model}"),
         parse_claude,
     ),
     "codex": Preset(
-        ("codex", "exec", "--json", "-s", "workspace-write", "--skip-git-repo-check", "{prompt}"),
+        ("codex", "exec", "--json", "-s", "workspace-write", "--skip-git-repo-check", "--", "{prompt}"),
         ("-m", "{model}"),
         parse_codex,
     ),
     "gemini": Preset(
-        ("gemini", "-p", "{prompt}", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json"),
+        ("gemini", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json", "--prompt={prompt}"),
         ("-m", "{model}"),
         parse_gemini,
     ),
     "aider": Preset(
         (
             "aider",
-            "--message",
-            "{prompt}",
             "--yes-always",
             "--no-pretty",
             "--no-stream",
@@ -202,6 +218,7 @@ PRESETS: dict[str, Preset] = {
             "--no-gitignore",
             "--no-auto-commits",
             "--no-show-model-warnings",
+            "--message={prompt}",
         ),
         ("--model", "{model}"),
         parse_text,
@@ -209,7 +226,7 @@ PRESETS: dict[str, Preset] = {
         stdout_is_answer=True,
     ),
     "opencode": Preset(
-        ("opencode", "run", "--format", "json", "--auto", "{prompt}"),
+        ("opencode", "run", "--format", "json", "--auto", "--", "{prompt}"),
         ("-m", "{model}"),
         parse_opencode,
     ),
@@ -229,7 +246,7 @@ def register_presets(configured: Mapping[str, PresetConfig]) -> None:
             raise UserError(
                 f"presets.{name}.like: unknown preset {config.like!r}; built in: {', '.join(sorted(PRESETS))}"
             )
-        if "{prompt}" not in config.argv:
+        if not any("{prompt}" in part for part in config.argv):
             raise UserError(f'presets.{name}.argv must contain "{{prompt}}" where the prompt goes')
         PRESETS[name] = Preset(
             tuple(config.argv), tuple(config.model_flag), base.parse, config.default_model, base.stdout_is_answer
@@ -239,10 +256,14 @@ def register_presets(configured: Mapping[str, PresetConfig]) -> None:
 
 
 def preset_argv(preset: Preset, prompt: str, model: str | None) -> list[str]:
-    argv = [prompt if part == "{prompt}" else part for part in preset.argv]
+    """The preset's argv with the prompt in its place (each word filled once: a prompt holding
+    "{prompt}" stays text) and the model flag among the options, before a "--"."""
+    argv = [part.replace("{prompt}", prompt) if "{prompt}" in part else part for part in preset.argv]
     chosen = model or preset.default_model
     if chosen:
-        argv += [chosen if part == "{model}" else part for part in preset.model_flag]
+        flag = [chosen if part == "{model}" else part for part in preset.model_flag]
+        end = preset.argv.index("--") if "--" in preset.argv else len(argv)
+        argv[end:end] = flag
     return argv
 
 
@@ -270,7 +291,7 @@ class CliAgent(Agent):
     async def run(self, ctx: AgentContext) -> AgentResult:
         spec = self.spec
         prompt = ctx.prompt if ctx.prompt is not None else ctx.input_json()
-        model = spec.settings.get("model")
+        model = spec.model or spec.settings.get("model")  # `model:` goes to the preset's model flag
         if spec.preset is not None:
             preset = PRESETS[spec.preset]
             argv = preset_argv(preset, prompt, model if isinstance(model, str) else None)

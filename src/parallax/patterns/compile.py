@@ -17,6 +17,7 @@ used twice is refused at its second occurrence.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from parallax.core.tasks import TaskGraphSpec, TaskSpec
 from parallax.model_choice import ModelChoice
 from parallax.patterns.located import Located, Path_
 
+_MODEL_STRING = re.compile(r"^[A-Za-z0-9_.\-]+:.+$|^test$")  # a pydantic-ai model string
 _AGENT_FIELDS = ("model", "base_url", "instructions", "ref", "command", "preset", "settings")
 # The words each pattern names its own steps after (and what those steps are called).
 RESERVED: dict[str, dict[str, str]] = {
@@ -137,6 +139,16 @@ class Compiler:
         defaults = {k: v for k, v in self.roles[role].items() if k in _ROLE_DEFAULTS}
         return {**defaults, **agent}
 
+    def check_cli_model(self, preset: str | None, path: Path_) -> None:
+        """`model:` on a cli agent goes to its preset's model flag; refused where there is none."""
+        from parallax.agents.cli import PRESETS  # lazily: the presets (and the config's) live there
+
+        if preset is None:
+            raise self.error(path, "a cli agent run from a `command` template has no model flag: put it in the command")
+        known = PRESETS.get(preset)
+        if known is not None and not known.model_flag:
+            raise self.error(path, f"preset {preset!r} has no model flag (set model_flag in [presets.{preset}])")
+
     def output_ref(self, name: str | None, path: Path_) -> str | None:
         return output_ref(name, path, self.types, self.where)
 
@@ -164,8 +176,15 @@ class Compiler:
             model, why = self.models.choose(names, fields.get("model"), self.data.get("model"))
             if not model:
                 raise self.error(path, f"an {kind} agent needs a model: {why}")
+            if not _MODEL_STRING.match(model):
+                where = (
+                    (*path, "model") if fields.get("model") == model else ("model",) if "model" in self.data else path
+                )
+                raise self.error(where, f"{model!r} does not look right (expected provider:model, e.g. openai:gpt-5)")
             fields["model"] = relative_to(model, self.file)
             self.model_reasons[step_id] = (fields["model"], why)
+        if kind == "cli" and fields.get("model"):
+            self.check_cli_model(fields.get("preset"), (*path, "model"))
         fields["env"] = tuple(agent.get("env", ()))
         if "cache" in agent:
             fields["cache"] = agent["cache"]

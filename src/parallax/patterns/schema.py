@@ -61,7 +61,12 @@ _agent: dict[str, Any] = {
         "inputs": {"type": "object", "description": "breakout: inputs for the sub-run ({{...}} templates allowed)"},
         "prompt": {"type": "string", "description": "A template: {{input.x}}, {{steps.<id>.output}}"},
         "output": {"type": "string", "description": "An inline type name from `types`, or module:Class"},
-        "model": {"type": "string", "pattern": r"^[A-Za-z0-9_.\-]+:.+$|^test$"},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "description": "llm/coder: provider:model (anthropic:..., openai:..., scripted:file.json); "
+            "cli: the tool's own model name (sonnet, gpt-5-codex, ...), passed to its model flag",
+        },
         "base_url": {"type": "string", "format": "uri"},
         "instructions": {"type": "string"},
         "ref": {"type": "string", "pattern": r"^.+:[A-Za-z_][\w.]*$"},
