@@ -161,9 +161,13 @@ def test_environment_is_isolated_per_task(tmp_path: Path) -> None:
     assert all("OTHER_SECRET" not in e for e in envs.values())
     assert envs["one"]["HOME"] != envs["two"]["HOME"]
     assert envs["one"]["TMPDIR"].endswith("/tmp/one")
-    assert "/.git/parallax/t/" in envs["one"]["HOME"]
+    # Outside the git directory (coding agents refuse to edit under a `.git/` segment), under
+    # the repository's .parallax/, which git ignores: the user's own status stays clean.
+    assert envs["one"]["HOME"].startswith(f"{repo}/.parallax/runs/t/")
+    assert envs["one"]["PWD"] == f"{repo}/.parallax/runs/t/worktrees/one"
+    assert all(".git" not in Path(envs[t][k]).parts for t in envs for k in ("HOME", "TMPDIR", "PWD"))
+    assert sh(repo, "git", "status", "--porcelain", "--ignored=no") == ""
     assert envs["one"]["PARALLAX_PORT_BASE"] != envs["two"]["PARALLAX_PORT_BASE"]
-    assert envs["one"]["PWD"].endswith("/worktrees/one")
 
 
 def test_a_contract_change_reruns_the_tasks_that_read_it(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ async def test_a_half_made_entry_does_not_stop_other_worktrees(tmp_path: Path) -
     repo_path = init_repo(tmp_path / "repo", {"a.txt": "a\n"})
     repo = await open_repository(repo_path)
     base = await head(repo)
-    worktrees = repo_path / ".git" / "parallax" / "k" / "worktrees"
+    worktrees = repo_path / ".parallax" / "runs" / "k" / "worktrees"
     killed_add(repo_path, worktrees / "t0", "t0")
     plain = ["git", "worktree", "add", "--force", "-B", "probe", str(tmp_path / "probe"), base]
     probe = subprocess.run(plain, cwd=repo_path, capture_output=True, text=True)
@@ -53,7 +53,7 @@ async def test_an_integration_worktree_whose_pointer_was_half_written_is_made_ag
     repo_path = init_repo(tmp_path / "repo", {"a.txt": "a\n"})
     repo = await open_repository(repo_path)
     subprocess.run(["git", "branch", "parallax/k/integration"], cwd=repo_path, check=True)
-    folder = repo_path / ".git" / "parallax" / "k" / "integration"
+    folder = repo_path / ".parallax" / "runs" / "k" / "integration"
     entry = killed_add(repo_path, folder, "integration")
     (folder / ".git").write_text("")
     (entry / "commondir").write_text("../..\n")

@@ -1,11 +1,16 @@
 """One isolated workspace per task, and the integration branch they merge into.
 
-Layout, inside the repository's git directory (so the user's working tree never sees it):
+Layout, under the repository's top level in `.parallax/` (which holds a `.gitignore` of `*`, so
+the user's `git status` and `git add -A` never see it), and never inside the git directory:
+coding agents treat any path with a `.git/` segment as theirs not to touch (Claude Code refuses
+every edit there), so a worktree under `.git/` would be a task nobody can do.
 
-    <git-common-dir>/parallax/<run>/worktrees/<task>     the task's worktree, branch parallax/<run>/<task>
-    <git-common-dir>/parallax/<run>/home/<task>          its HOME
-    <git-common-dir>/parallax/<run>/tmp/<task>           its TMPDIR
-    <git-common-dir>/parallax/<run>/integration          worktree of parallax/<run>/integration
+    .parallax/runs/<run>/worktrees/<task>     the task's worktree, branch parallax/<run>/<task>
+    .parallax/runs/<run>/home/<task>          its HOME
+    .parallax/runs/<run>/tmp/<task>           its TMPDIR
+    .parallax/runs/<run>/integration          worktree of parallax/<run>/integration
+
+`PARALLAX_WORKTREES` (an absolute path) puts `runs/<run>/...` under another root instead.
 
 A task starts from the integration head, or from its dependencies' commits (handoff: the first
 dependency's commit with the others merged in). It gets its own port range
@@ -17,12 +22,15 @@ its write set: a path outside it fails the task with the paths named, and nothin
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from parallax.agents.process import agent_environment
+from parallax.core.errors import UserError
 from parallax.core.tasks import TaskSpec, in_write_set
+from parallax.project import PRIVATE_DIR_NAME, ensure_folder
 from parallax.workspaces import git
 from parallax.workspaces.peering import Snapshot, remove_tree, snapshot
 
@@ -86,11 +94,26 @@ class Finished:
     outside: tuple[str, ...]  # changed paths outside the write set (the task fails when any)
 
 
+def workspaces_root(repo: git.Checkout, environ: Mapping[str, str] | None = None) -> Path:
+    """Where runs' worktrees live: `PARALLAX_WORKTREES`, else `.parallax/` at the repository's
+    top level (created, and marked ignored by git, here)."""
+    configured = (os.environ if environ is None else environ).get("PARALLAX_WORKTREES", "").strip()
+    if configured:
+        root = Path(configured)
+        if not root.is_absolute():
+            raise UserError(f"PARALLAX_WORKTREES={configured!r}: give an absolute path")
+        if ".git" in root.parts:
+            raise UserError(f"PARALLAX_WORKTREES={configured!r}: not inside a .git directory (agents refuse it)")
+        return root
+    return ensure_folder(repo.work_tree / PRIVATE_DIR_NAME)
+
+
 class Workspaces:
-    def __init__(self, repo: git.Checkout, run_id: str, common_dir: Path) -> None:
+    def __init__(self, repo: git.Checkout, run_id: str, common_dir: Path, root: Path | None = None) -> None:
         self.repo = repo
         self.run_id = run_id
-        self.root = common_dir / "parallax" / run_id
+        self.common_dir = common_dir
+        self.root = (root or workspaces_root(repo)) / "runs" / run_id
         self.integration_branch = f"parallax/{run_id}/integration"
         self.integration_path = self.root / "integration"
 
