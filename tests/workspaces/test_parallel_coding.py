@@ -139,7 +139,7 @@ def test_a_change_outside_the_write_set_fails_the_task_and_merges_nothing(tmp_pa
 
 def test_environment_is_isolated_per_task(tmp_path: Path) -> None:
     repo = init_repo(tmp_path / "r", {"a.txt": ""})
-    script = 'env > "$PARALLAX_TASK.env"'
+    script = 'env > "$PARALLAX_TASK.env"; echo "GIT_USER=$(git config user.name)" >> "$PARALLAX_TASK.env"'
     doc = {
         "pattern": "tasks",
         "name": "env",
@@ -168,6 +168,9 @@ def test_environment_is_isolated_per_task(tmp_path: Path) -> None:
     assert all(".git" not in Path(envs[t][k]).parts for t in envs for k in ("HOME", "TMPDIR", "PWD"))
     assert sh(repo, "git", "status", "--porcelain", "--ignored=no") == ""
     assert envs["one"]["PARALLAX_PORT_BASE"] != envs["two"]["PARALLAX_PORT_BASE"]
+    # each task has a git identity in its own HOME; the repository's config is left alone
+    assert (envs["one"]["GIT_USER"], envs["two"]["GIT_USER"]) == ("Parallax task one", "Parallax task two")
+    assert "user" not in sh(repo, "git", "config", "--local", "--list")
 
 
 def test_a_contract_change_reruns_the_tasks_that_read_it(tmp_path: Path) -> None:

@@ -152,6 +152,11 @@ class Workspaces:
         for folder in (home, tmp):
             await asyncio.to_thread(remove_tree, folder)
             folder.mkdir(parents=True)
+        # A git identity of its own in the task's HOME: a tool that finds none (aider) writes one
+        # into the repository's shared .git/config, and two at once then crash on its lock.
+        (home / ".gitconfig").write_text(
+            f"[user]\n\tname = Parallax task {spec.id}\n\temail = {spec.id}@tasks.parallax.invalid\n"
+        )
         first = FIRST_PORT + (index % 400) * PORTS_PER_TASK
         workspace = Workspace(spec.id, checkout, self.branch(spec.id), base, home, tmp, (first, first + PORTS_PER_TASK))
         shared = path / git.PRIVATE
