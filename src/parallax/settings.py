@@ -76,6 +76,7 @@ class PresetConfig:
     like: str = "claude"  # the built-in preset whose output parser this one uses
     model_flag: list[str] = field(default_factory=list)
     default_model: str | None = None
+    own_paths: list[str] = field(default_factory=list)  # the tool's own files: never committed
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,13 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     "limits": {"concurrency": _positive_int},
     "hooks": {**dict.fromkeys(HOOK_EVENTS, _command), "timeout_s": _positive_number},
 }
-_PRESET_KEYS: dict[str, Any] = {"like": _text, "argv": _words, "model_flag": _words, "default_model": _text}
+_PRESET_KEYS: dict[str, Any] = {
+    "like": _text,
+    "argv": _words,
+    "model_flag": _words,
+    "default_model": _text,
+    "own_paths": _words,
+}
 _TOP_KEYS: dict[str, Any] = {"store": _text, "model": _text}
 
 

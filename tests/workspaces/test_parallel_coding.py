@@ -252,3 +252,32 @@ def test_a_cli_preset_agent_works_inside_its_worktree(tmp_path: Path) -> None:
     assert state.status == "succeeded", state.steps["tasks"].error
     assert sh(repo, "git", "show", "parallax/t/integration:README.md") == "new\n"
     assert (repo / "README.md").read_text() == "old\n"  # the user's checkout is untouched
+
+
+def test_a_tools_own_files_are_not_the_tasks_changes(tmp_path: Path) -> None:
+    # A stand-in aider (a test double on PATH, printing as aider does) that edits the task's file
+    # and leaves aider's own history and cache files in the worktree, as the real one does.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "aider"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import pathlib\n"
+        "pathlib.Path('app.py').write_text('fixed = True\\n')\n"
+        "pathlib.Path('.aider.chat.history.md').write_text('# chat\\n')\n"
+        "pathlib.Path('.aider.input.history').write_text('fix it\\n')\n"
+        "cache = pathlib.Path('.aider.tags.cache.v4'); cache.mkdir(); (cache / 'cache.db').write_text('x')\n"
+        "print('Applied edit to app.py')\n"
+    )
+    fake.chmod(0o755)
+    repo = init_repo(tmp_path / "r", {"app.py": "fixed = False\n", ".aider.conf.yml": "model: sonnet\n"})
+    doc = {
+        "pattern": "tasks",
+        "name": "aider",
+        "tasks": {"fix": {"prompt": "- fix app.py", "writes": ["app.py"], "agent": {"kind": "cli", "preset": "aider"}}},
+    }
+    state = run_tasks(tmp_path, repo, doc, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert state.status == "succeeded", state.steps["tasks"].error
+    files = sh(repo, "git", "ls-tree", "-r", "--name-only", "parallax/t/integration").split()
+    assert sorted(files) == [".aider.conf.yml", "app.py"]  # the user's own .aider file stays; the tool's never land
+    assert sh(repo, "git", "show", "parallax/t/integration:app.py") == "fixed = True\n"

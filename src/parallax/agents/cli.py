@@ -177,6 +177,10 @@ class Preset:
     parse: LineParser
     default_model: str | None = None
     stdout_is_answer: bool = False  # plain-text tools: the whole stdout is the answer
+    # The tool's own files (history, caches) it writes into the worktree: globs on the path or
+    # its first component. New files matching them are not the task's changes: they are never
+    # committed and do not count against the write set.
+    own_paths: tuple[str, ...] = ()
 
 
 # Options first, then the prompt where no option parser can take it for an option (a prompt
@@ -224,6 +228,7 @@ PRESETS: dict[str, Preset] = {
         parse_text,
         default_model="sonnet",  # without --model aider waits minutes for a browser login
         stdout_is_answer=True,
+        own_paths=(".aider*",),  # .aider.chat.history.md, .aider.input.history, .aider.tags.cache.v4/
     ),
     "opencode": Preset(
         ("opencode", "run", "--format", "json", "--auto", "--", "{prompt}"),
@@ -249,10 +254,22 @@ def register_presets(configured: Mapping[str, PresetConfig]) -> None:
         if not any("{prompt}" in part for part in config.argv):
             raise UserError(f'presets.{name}.argv must contain "{{prompt}}" where the prompt goes')
         PRESETS[name] = Preset(
-            tuple(config.argv), tuple(config.model_flag), base.parse, config.default_model, base.stdout_is_answer
+            tuple(config.argv),
+            tuple(config.model_flag),
+            base.parse,
+            config.default_model,
+            base.stdout_is_answer,
+            tuple(config.own_paths) or base.own_paths,
         )
         if name not in PRESET_NAMES:
             PRESET_NAMES.append(name)
+
+
+def own_paths(spec: AgentSpec | None) -> tuple[str, ...]:
+    """The paths an agent's tool writes for itself (its preset's `own_paths`)."""
+    if spec is None or spec.kind != "cli" or spec.preset is None or spec.preset not in PRESETS:
+        return ()
+    return PRESETS[spec.preset].own_paths
 
 
 def preset_argv(preset: Preset, prompt: str, model: str | None) -> list[str]:

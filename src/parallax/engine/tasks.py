@@ -21,6 +21,7 @@ from typing import Any
 
 from parallax.agents import build_agent
 from parallax.agents.base import AgentContext, AgentLog, BudgetView
+from parallax.agents.cli import own_paths
 from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
@@ -254,7 +255,8 @@ async def _do_task(
                 return TASK_FAILED, {"error": f"verify failed ({check.returncode}): {detail}", "final": False}
         first = (task.prompt.strip().splitlines() or [""])[0][:60]
         try:
-            finished = await workspaces.finish(workspace, task, f"parallax {run_id}/{task.id}: {first}".rstrip(": "))
+            message = f"parallax {run_id}/{task.id}: {first}".rstrip(": ")
+            finished = await workspaces.finish(workspace, task, message, own_paths(task.agent))
         except git.WorktreeTampered as e:
             return TASK_FAILED, {"error": str(e), "final": True}
         if finished.outside:

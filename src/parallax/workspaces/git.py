@@ -205,6 +205,11 @@ async def ref_exists(where: Checkout, ref: str) -> bool:
     return (await git(where, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)).code == 0
 
 
+async def exists_at(where: Checkout, ref: str, path: str) -> bool:
+    """Whether `path` is in the tree of `ref`."""
+    return (await git(where, "cat-file", "-e", f"{ref}:{path}", check=False)).code == 0
+
+
 async def tracked_files(where: Checkout, ref: str = "HEAD") -> list[str]:
     out = await git(where, "ls-tree", "-r", "--name-only", "-z", ref)
     return [f for f in out.out.split("\0") if f]

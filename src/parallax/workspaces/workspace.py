@@ -22,6 +22,7 @@ its write set: a path outside it fails the task with the paths named, and nothin
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,11 @@ def workspaces_root(repo: git.Checkout, environ: Mapping[str, str] | None = None
     return ensure_folder(repo.work_tree / PRIVATE_DIR_NAME)
 
 
+def _owned(path: str, globs: Sequence[str]) -> bool:
+    first = path.split("/", 1)[0]
+    return any(fnmatch.fnmatchcase(path, g) or fnmatch.fnmatchcase(first, g) for g in globs)
+
+
 class Workspaces:
     def __init__(self, repo: git.Checkout, run_id: str, common_dir: Path, root: Path | None = None) -> None:
         self.repo = repo
@@ -168,8 +174,21 @@ class Workspaces:
                 workspace.peers[peer] = await asyncio.to_thread(snapshot, source, path / git.PRIVATE / peer)
         return workspace
 
-    async def finish(self, workspace: Workspace, spec: TaskSpec, message: str) -> Finished:
+    async def finish(
+        self, workspace: Workspace, spec: TaskSpec, message: str, own_paths: Sequence[str] = ()
+    ) -> Finished:
+        """Check the task's changes against its write set and commit them. New files matching
+        `own_paths` (the tool's history and caches) are removed first: they are not its work."""
         changed = tuple(await git.changed_paths(workspace.checkout, workspace.base))
+        if own_paths:
+            owned = [
+                p
+                for p in changed
+                if _owned(p, own_paths) and not await git.exists_at(workspace.checkout, workspace.base, p)
+            ]
+            for path in owned:
+                await asyncio.to_thread(remove_tree, workspace.path / path)
+            changed = tuple(p for p in changed if p not in owned)
         outside = tuple(p for p in changed if not in_write_set(p, spec.writes))
         if outside:
             return Finished(None, changed, outside)
