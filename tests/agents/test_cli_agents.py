@@ -235,3 +235,48 @@ def test_model_on_a_cli_agent_without_a_model_flag_is_a_located_error() -> None:
         compile_pattern(text)
     pinned = compile_pattern(text.replace("    command: 'echo {{prompt}}'\n", "    preset: claude\n"))
     assert pinned.steps[0].agent is not None and pinned.steps[0].agent.model == "opus"
+
+
+async def test_aider_fails_on_its_last_provider_error_and_keeps_the_whole_message(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    # What aider 0.86 prints for a 400 from its model: the error over wrapped lines, no retry
+    # after it, exit 0.
+    env = install_fake(
+        tmp_path,
+        "aider",
+        ["Aider v0.86.2", "Main model: openai/gpt-4.1 with diff edit format",
+         "litellm.BadRequestError: OpenAIException - Invalid schema for function",
+         "'final_result': In context=(), 'additionalProperties' is required",
+         "to be supplied and to be false.", "", "Tokens: 1.2k sent, 0 received."],
+    )  # fmt: skip
+    state = await run_cli(store, env, "aider")
+    error = state.steps["code"].error or ""
+    assert state.steps["code"].status == "failed"
+    assert error.endswith(
+        "litellm.BadRequestError: OpenAIException - Invalid schema for function 'final_result': In context=(), "
+        "'additionalProperties' is required to be supplied and to be false."
+    )
+
+
+async def test_aider_recovering_after_a_retry_is_a_success(store: SqliteStore, tmp_path: Path) -> None:
+    env = install_fake(
+        tmp_path,
+        "aider",
+        ["litellm.APIConnectionError: Connection refused", "Retrying in 0.2 seconds...",
+         "Applied edit to app.py", "Done."],
+    )  # fmt: skip
+    state = await run_cli(store, env, "aider")
+    assert state.steps["code"].status == "succeeded", state.steps["code"].error
+
+
+async def test_codex_stream_error_event_is_a_failure(store: SqliteStore, tmp_path: Path) -> None:
+    env = install_fake(
+        tmp_path,
+        "codex",
+        [{"type": "thread.started", "thread_id": "t"},
+         {"type": "error", "message": "stream disconnected before completion: 400 Bad Request: model not found"}],
+    )  # fmt: skip
+    state = await run_cli(store, env, "codex")
+    assert state.steps["code"].status == "failed"
+    assert "400 Bad Request: model not found" in (state.steps["code"].error or "")

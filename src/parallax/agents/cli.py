@@ -55,6 +55,7 @@ class Transcript:
     final: str | None = None
     error: str | None = None
     usage: dict[str, Any] = field(default_factory=dict[str, Any])
+    capturing: bool = False  # a plain-text tool's error message continues on the next lines
 
 
 LineParser = Callable[[str, Transcript, AgentContext], None]
@@ -118,6 +119,8 @@ def parse_codex(line: str, out: Transcript, ctx: AgentContext) -> None:
         }
     elif kind == "turn.failed":
         out.error = str((event.get("error") or {}).get("message", "turn failed"))
+    elif kind == "error":  # a stream error codex reports before giving up
+        out.error = str(event.get("message") or "codex reported an error")
 
 
 def parse_gemini(line: str, out: Transcript, ctx: AgentContext) -> None:
@@ -161,13 +164,31 @@ def parse_opencode(line: str, out: Transcript, ctx: AgentContext) -> None:
         out.error = str((error.get("data") or {}).get("message") or error.get("name") or "opencode error")
 
 
-_AIDER_AUTH = re.compile(r"AuthenticationError|not able to authenticate you", re.IGNORECASE)
+# aider prints a provider error (through litellm) and, when it will try again, "Retrying in N
+# seconds..."; after its last try it says nothing more and exits 0. An error line not followed by
+# a retry is the run's failure; the message is kept whole (aider wraps it over several lines).
+_AIDER_ERROR = re.compile(
+    r"\blitellm\.\w*(Error|Exception)\b|\bAuthenticationError\b|not able to authenticate you|"
+    r"^Uncaught \w+ in |\bAPIConnectionError\b",
+    re.IGNORECASE,
+)
+_AIDER_RETRY = re.compile(r"^Retrying in [\d.]+ seconds", re.IGNORECASE)
+_MAX_ERROR_CHARS = 4000
 
 
 def parse_text(line: str, out: Transcript, ctx: AgentContext) -> None:
     out.chunks.append(line + "\n")
-    if _AIDER_AUTH.search(line) and out.error is None:
-        out.error = line.strip()
+    text = line.strip()
+    if _AIDER_RETRY.match(text):
+        out.error = None  # it tries again: the error before this was not the last word
+        out.capturing = False
+    elif _AIDER_ERROR.search(text):
+        out.error = text if out.error is None or not out.capturing else f"{out.error} {text}"
+        out.capturing = True
+    elif out.capturing and text and out.error is not None and len(out.error) < _MAX_ERROR_CHARS:
+        out.error = f"{out.error} {text}"  # the error's message goes on over the next lines
+    elif not text:
+        out.capturing = False
 
 
 @dataclass(frozen=True)
