@@ -281,3 +281,44 @@ def test_a_tools_own_files_are_not_the_tasks_changes(tmp_path: Path) -> None:
     files = sh(repo, "git", "ls-tree", "-r", "--name-only", "parallax/t/integration").split()
     assert sorted(files) == [".aider.conf.yml", "app.py"]  # the user's own .aider file stays; the tool's never land
     assert sh(repo, "git", "show", "parallax/t/integration:app.py") == "fixed = True\n"
+
+
+def test_a_cli_agent_asking_for_its_login_sees_copies_of_its_config_files(tmp_path: Path) -> None:
+    # A stand-in codex (a test double on PATH) that reports what its config says, from the task's
+    # own HOME (where codex looks: $HOME/.codex).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "codex"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, pathlib\n"
+        "config = pathlib.Path(os.environ['HOME']) / '.codex' / 'config.toml'\n"
+        "seen = config.read_text() if config.exists() else 'no config'\n"
+        "pathlib.Path(os.environ['PARALLAX_TASK'] + '.txt').write_text(seen)\n"
+        "print(json.dumps({'type': 'item.completed', 'item': {'type': 'agent_message', 'text': 'done'}}))\n"
+    )
+    fake.chmod(0o755)
+    user_home = tmp_path / "user"
+    (user_home / ".codex").mkdir(parents=True)
+    (user_home / ".codex" / "config.toml").write_text('model = "gpt-5-codex"\n')
+    (user_home / ".codex" / "history.jsonl").write_text("private\n")  # not a config file: never copied
+    repo = init_repo(tmp_path / "r", {"a.txt": ""})
+    agent = {"kind": "cli", "preset": "codex"}
+    doc = {
+        "pattern": "tasks",
+        "name": "login",
+        "workers": 2,
+        "tasks": {
+            "with": {"prompt": "x", "writes": ["with.txt"], "agent": {**agent, "settings": {"login": True}}},
+            "without": {"prompt": "x", "writes": ["without.txt"], "agent": agent},
+        },
+    }
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(user_home)}
+    state = run_tasks(tmp_path, repo, doc, env=env)
+    assert state.status == "succeeded", state.steps["tasks"].error
+    assert sh(repo, "git", "show", "parallax/t/integration:with.txt") == 'model = "gpt-5-codex"\n'
+    assert sh(repo, "git", "show", "parallax/t/integration:without.txt") == "no config"
+    copied = repo / ".parallax" / "runs" / "t" / "home" / "with" / ".codex"
+    assert sorted(p.name for p in copied.iterdir()) == ["config.toml"]
+    assert (copied / "config.toml").stat().st_mode & 0o777 == 0o600
+    assert (user_home / ".codex" / "config.toml").read_text() == 'model = "gpt-5-codex"\n'

@@ -202,6 +202,10 @@ class Preset:
     # its first component. New files matching them are not the task's changes: they are never
     # committed and do not count against the write set.
     own_paths: tuple[str, ...] = ()
+    # The tool's config and login files under the user's HOME. A task's HOME is its own, so a
+    # cli agent with `settings: {login: true}` gets copies of these (the user's files are never
+    # written); API keys are granted by name instead (`env: [ANTHROPIC_API_KEY]`).
+    home_files: tuple[str, ...] = ()
 
 
 # Options first, then the prompt where no option parser can take it for an option (a prompt
@@ -221,16 +225,19 @@ PRESETS: dict[str, Preset] = {
         ),
         ("--model", "{model}"),
         parse_claude,
+        home_files=(".claude.json", ".claude/.credentials.json", ".claude/settings.json"),
     ),
     "codex": Preset(
         ("codex", "exec", "--json", "-s", "workspace-write", "--skip-git-repo-check", "--", "{prompt}"),
         ("-m", "{model}"),
         parse_codex,
+        home_files=(".codex/config.toml", ".codex/auth.json"),
     ),
     "gemini": Preset(
         ("gemini", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json", "--prompt={prompt}"),
         ("-m", "{model}"),
         parse_gemini,
+        home_files=(".gemini/settings.json", ".gemini/oauth_creds.json", ".gemini/google_accounts.json"),
     ),
     "aider": Preset(
         (
@@ -250,11 +257,13 @@ PRESETS: dict[str, Preset] = {
         default_model="sonnet",  # without --model aider waits minutes for a browser login
         stdout_is_answer=True,
         own_paths=(".aider*",),  # .aider.chat.history.md, .aider.input.history, .aider.tags.cache.v4/
+        home_files=(".aider.conf.yml",),
     ),
     "opencode": Preset(
         ("opencode", "run", "--format", "json", "--auto", "--", "{prompt}"),
         ("-m", "{model}"),
         parse_opencode,
+        home_files=(".local/share/opencode/auth.json", ".config/opencode/opencode.json"),
     ),
 }
 
@@ -291,6 +300,13 @@ def own_paths(spec: AgentSpec | None) -> tuple[str, ...]:
     if spec is None or spec.kind != "cli" or spec.preset is None or spec.preset not in PRESETS:
         return ()
     return PRESETS[spec.preset].own_paths
+
+
+def login_files(spec: AgentSpec | None) -> tuple[str, ...]:
+    """The config and login files a cli agent asked to see (`settings: {login: true}`)."""
+    if spec is None or spec.kind != "cli" or spec.preset not in PRESETS or spec.settings.get("login") is not True:
+        return ()
+    return PRESETS[spec.preset or ""].home_files
 
 
 def preset_argv(preset: Preset, prompt: str, model: str | None) -> list[str]:

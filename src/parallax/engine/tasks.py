@@ -21,7 +21,7 @@ from typing import Any
 
 from parallax.agents import build_agent
 from parallax.agents.base import AgentContext, AgentLog, BudgetView
-from parallax.agents.cli import own_paths
+from parallax.agents.cli import login_files, own_paths
 from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
@@ -178,7 +178,7 @@ async def _do_task(
 ) -> tuple[str, dict[str, Any]]:
     """Run the agent in the worktree, then verify, then check the write set and commit."""
     run_id = client.run_id
-    env = workspace.environment(task.agent.env, options.parent_env)
+    env = workspace.environment(task.agent.env, options.parent_env, login_files(task.agent))
     state = client.board.tasks[task.id]
     feedback = state.feedback
     context = {

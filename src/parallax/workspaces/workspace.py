@@ -70,8 +70,16 @@ class Workspace:
     def path(self) -> Path:
         return self.checkout.work_tree
 
-    def environment(self, granted: Sequence[str], parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    def environment(
+        self, granted: Sequence[str], parent: Mapping[str, str] | None = None, home_files: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """The task's environment: the allow-list, what it is granted, its own HOME and TMPDIR.
+        `home_files` (a tool's config and login, relative to the user's HOME) are copied into
+        the task's HOME, mode 0600; the user's own files are only read."""
         env = agent_environment(tuple(granted), parent)
+        user_home = (os.environ if parent is None else parent).get("HOME")
+        if user_home and home_files:
+            copy_home_files(Path(user_home), self.home, home_files)
         env.update(
             {
                 "HOME": str(self.home),
@@ -107,6 +115,23 @@ def workspaces_root(repo: git.Checkout, environ: Mapping[str, str] | None = None
             raise UserError(f"PARALLAX_WORKTREES={configured!r}: not inside a .git directory (agents refuse it)")
         return root
     return ensure_folder(repo.work_tree / PRIVATE_DIR_NAME)
+
+
+def copy_home_files(source: Path, home: Path, files: Sequence[str]) -> list[str]:
+    """Copy the regular files among `files` (relative paths) from `source` to `home`; what was
+    copied. A missing file is skipped (the tool then says what it lacks)."""
+    copied = []
+    for relative in files:
+        origin = source / relative
+        if Path(relative).is_absolute() or ".." in Path(relative).parts or not origin.is_file():
+            continue
+        target = home / relative
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(origin.read_bytes())
+        copied.append(relative)
+    return copied
 
 
 def _owned(path: str, globs: Sequence[str]) -> bool:
