@@ -280,3 +280,30 @@ async def test_codex_stream_error_event_is_a_failure(store: SqliteStore, tmp_pat
     state = await run_cli(store, env, "codex")
     assert state.steps["code"].status == "failed"
     assert "400 Bad Request: model not found" in (state.steps["code"].error or "")
+
+
+async def test_opencode_error_by_reference_brings_its_log_line(store: SqliteStore, tmp_path: Path) -> None:
+    # opencode's error event names a ref; with --print-logs its log line with that ref (the cause)
+    # is on stderr. The stand-in prints what opencode 1.18 prints for an unknown model.
+    env = install_fake(
+        tmp_path,
+        "opencode",
+        [{"type": "text", "part": {"text": "The conversation was compacted.", "synthetic": True}},
+         {"type": "error", "error": {"name": "UnknownError", "data": {
+             "message": "Unexpected server error. Check server logs for details.", "ref": "err_42"}}}],
+    )  # fmt: skip
+    fake = Path(env["PATH"].split(":")[0]) / "opencode"
+    fake.write_text(
+        fake.read_text().replace(
+            "sys.stdout.write(",
+            "sys.stderr.write('level=ERROR ref=err_42 error=\"ProviderModelNotFoundError: Model not found\"\\n')\n"
+            "sys.stdout.write(",
+        )
+    )
+    state = await run_cli(store, env, "opencode")
+    error = state.steps["code"].error or ""
+    assert state.steps["code"].status == "failed"
+    assert "UnknownError: Unexpected server error" in error and "(ref err_42)" in error
+    assert "ProviderModelNotFoundError: Model not found" in error
+    argv = json.loads((tmp_path / "opencode.argv").read_text())[1:]
+    assert argv[argv.index("--") - 3 : argv.index("--")] == ["--print-logs", "--log-level", "ERROR"]

@@ -146,7 +146,7 @@ def parse_opencode(line: str, out: Transcript, ctx: AgentContext) -> None:
     kind = event.get("type")
     raw_part = event.get("part")
     part: dict[str, Any] = raw_part if isinstance(raw_part, dict) else {}
-    if kind == "text":
+    if kind == "text" and not part.get("synthetic"):  # a synthetic part is opencode's own notice
         out.final = str(part.get("text", ""))
         out.chunks.append(out.final)
     elif kind == "tool_use":
@@ -161,7 +161,10 @@ def parse_opencode(line: str, out: Transcript, ctx: AgentContext) -> None:
         }
     elif kind == "error":
         error = event.get("error") or {}
-        out.error = str((error.get("data") or {}).get("message") or error.get("name") or "opencode error")
+        data = error.get("data") or {}
+        message = str(data.get("message") or error.get("name") or "opencode error")
+        name, ref = error.get("name"), data.get("ref")
+        out.error = " ".join(str(x) for x in (name and f"{name}:", message, ref and f"(ref {ref})") if x)
 
 
 # aider prints a provider error (through litellm) and, when it will try again, "Retrying in N
@@ -260,10 +263,17 @@ PRESETS: dict[str, Preset] = {
         home_files=(".aider.conf.yml",),
     ),
     "opencode": Preset(
-        ("opencode", "run", "--format", "json", "--auto", "--", "{prompt}"),
+        # --print-logs: its error events say only "Unexpected server error ... ref=err_..."; the
+        # cause is in its log, which then goes to stderr (ERROR lines only)
+        ("opencode", "run", "--format", "json", "--auto", "--print-logs", "--log-level", "ERROR", "--", "{prompt}"),
         ("-m", "{model}"),
         parse_opencode,
-        home_files=(".local/share/opencode/auth.json", ".config/opencode/opencode.json"),
+        home_files=(
+            ".local/share/opencode/auth.json",
+            ".config/opencode/opencode.json",
+            ".config/opencode/opencode.jsonc",
+            ".config/opencode/config.json",
+        ),
     ),
 }
 
@@ -300,6 +310,18 @@ def own_paths(spec: AgentSpec | None) -> tuple[str, ...]:
     if spec is None or spec.kind != "cli" or spec.preset is None or spec.preset not in PRESETS:
         return ()
     return PRESETS[spec.preset].own_paths
+
+
+_REF = re.compile(r"\(ref (\S+)\)")
+
+
+def _cause(error: str, stderr: str) -> str:
+    """The tool's log line about an error it reported only by reference (opencode's `ref`)."""
+    match = _REF.search(error)
+    if match is None:
+        return ""
+    line = next((line.strip() for line in stderr.splitlines() if match.group(1) in line), "")
+    return f"; its log: {line[:2000]}" if line else ""
 
 
 def login_files(spec: AgentSpec | None) -> tuple[str, ...]:
@@ -383,7 +405,9 @@ class CliAgent(Agent):
         if result.truncated:
             ctx.log(ev.AGENT_LOG, {"output_truncated": result.dropped})
         if transcript.error is not None:
-            raise AgentFailed(f"{argv[0]}: {transcript.error}", retryable=False)
+            raise AgentFailed(
+                f"{argv[0]}: {transcript.error}{_cause(transcript.error, result.stderr)}", retryable=False
+            )
         if result.returncode != 0:
             detail = tail_text(result.stderr.strip() or result.stdout.strip()) or "(no output)"
             raise AgentFailed(f"{argv[0]} exited with {result.returncode}: {detail}", retryable=True)

@@ -164,6 +164,19 @@ def in_write_set(path: str, writes: Sequence[str]) -> bool:
 # The board
 
 
+USAGE_KEYS = ("requests", "input_tokens", "output_tokens", "cost_usd")
+
+
+def add_usage(total: dict[str, float], usage: Any) -> None:
+    """Add an attempt's usage (requests, tokens, cost) to `total`, ignoring anything else."""
+    if not isinstance(usage, dict):
+        return
+    for key in USAGE_KEYS:
+        value = usage.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
 @dataclass
 class TaskState:
     id: str
@@ -179,6 +192,7 @@ class TaskState:
     claimed_at: int | None = None
     finished_at: int | None = None
     history: list[str] = field(default_factory=list[str])
+    usage: dict[str, float] = field(default_factory=dict[str, float])  # every attempt's model usage, summed
 
     def live(self, now_ms: int) -> bool:
         return self.status in ("claimed", "running") and self.lease_until > now_ms
@@ -285,6 +299,7 @@ class TaskBoard:
             if ok:
                 state.finished_at = timestamp
                 state.lease_until = 0
+                add_usage(state.usage, data.get("usage"))
                 if kind == TASK_SUCCEEDED:
                     state.status = "succeeded"
                     state.commit = data.get("commit")

@@ -229,7 +229,8 @@ async def _do_task(
         except TimeoutError:
             return TASK_FAILED, {"error": f"ran past its timeout of {task.timeout_s:g}s", "final": False}
         except AgentFailed as e:
-            return TASK_FAILED, {"error": str(e), "final": not e.retryable}
+            return TASK_FAILED, {"error": str(e), "final": not e.retryable, **_usage(e.usage)}
+        used = _usage(result.usage)  # what the agent's model calls cost, on the task's record
         if task.verify:
             # The verify runs what the agent wrote: in the task's sandbox, its worktree read-only.
             verify_argv = ["/bin/sh", "-c", task.verify]
@@ -252,23 +253,29 @@ async def _do_task(
             )
             if check.returncode != 0:
                 detail = tail_text((check.stdout + check.stderr).strip()) or "(no output)"
-                return TASK_FAILED, {"error": f"verify failed ({check.returncode}): {detail}", "final": False}
+                return TASK_FAILED, {"error": f"verify failed ({check.returncode}): {detail}", "final": False, **used}
         first = (task.prompt.strip().splitlines() or [""])[0][:60]
         try:
             message = f"parallax {run_id}/{task.id}: {first}".rstrip(": ")
             finished = await workspaces.finish(workspace, task, message, own_paths(task.agent))
         except git.WorktreeTampered as e:
-            return TASK_FAILED, {"error": str(e), "final": True}
+            return TASK_FAILED, {"error": str(e), "final": True, **used}
         if finished.outside:
             error = f"changed paths outside its write set {list(task.writes)}: {', '.join(finished.outside)}"
-            return TASK_FAILED, {"error": error, "final": True, "outside": list(finished.outside)}
+            return TASK_FAILED, {"error": error, "final": True, "outside": list(finished.outside), **used}
         output = (
             result.output if isinstance(result.output, str | int | float | bool | None) else json.dumps(result.output)
         )
-        return TASK_SUCCEEDED, {"commit": finished.commit, "changed": list(finished.changed), "output": output}
+        return TASK_SUCCEEDED, {"commit": finished.commit, "changed": list(finished.changed), "output": output, **used}
     finally:
         with contextlib.suppress(Exception):
             await log.flush()
+
+
+def _usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`{"usage": ...}` for a task's record when the agent reported any, else nothing."""
+    kept = {k: v for k, v in (usage or {}).items() if k in ("requests", "input_tokens", "output_tokens", "cost_usd")}
+    return {"usage": kept} if any(kept.values()) else {}
 
 
 async def _requeue_readers(client: TaskClient, owner: TaskSpec, changed: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from parallax.core import events as ev
 from parallax.core.events import Event
 from parallax.core.plan import Step
-from parallax.core.tasks import TaskBoard, TaskGraphSpec
+from parallax.core.tasks import TaskBoard, TaskGraphSpec, add_usage
 from parallax.engine.steps.context import StepContext
 from parallax.engine.tasks import TaskRunOptions, integrate, run_worker
 
@@ -50,10 +50,13 @@ async def run_tasks_step(ctx: StepContext, step: Step) -> None:
     if result.verify is not None and result.verify["exit"] != 0:
         problems.append(f"verify exited {result.verify['exit']}")
     events.append(Event("tasks.integrated", output, step=step.id))
+    usage: dict[str, float] = {}  # what the tasks' agents used: the run's usage counts it
+    for task in board.tasks.values():
+        add_usage(usage, task.usage)
     if problems:
-        events.append(ev.StepFailed("; ".join(problems)).event(step.id))
+        events.append(ev.StepFailed("; ".join(problems), usage=dict(usage)).event(step.id))
     else:
-        events.append(ev.StepOutput(output, attempt=1).event(step.id))
+        events.append(ev.StepOutput(output, usage=dict(usage), attempt=1).event(step.id))
     await ctx.emit(*events)
 
 
