@@ -23,13 +23,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(db: Path, token: str, log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
+def serve(
+    db: Path, token: str, log: Path, *, port: int | None = None, cwd: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`port`: this one (a restarted server on the same address), else a free one; `cwd`: where
+    the server runs (the repository of a task graph)."""
+    port = port or free_port()
     env = {**os.environ, "PARALLAX_TOKEN": token}
-    with log.open("w") as sink:
+    with log.open("a") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "parallax", "--store", f"sqlite://{db}", "serve", "--port", str(port)],
-            env=env, stdout=sink, stderr=subprocess.STDOUT,
+            env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -22,8 +22,14 @@ import click
 
 from parallax.cli.context import FiniteFloat, run_with_store
 from parallax.core.errors import UserError
-from parallax.core.runstreams import RunStreams
-from parallax.engine.tasks import TaskRunOptions, decide_review, run_worker, task_graph_of
+from parallax.engine.tasks import (
+    TaskRunOptions,
+    decide_review,
+    run_worker,
+    task_diff,
+    task_graph_of,
+    verify_output,
+)
 from parallax.streams.base import StreamStore
 from parallax.workspaces import git
 from parallax.workspaces.workspace import Workspaces
@@ -64,13 +70,7 @@ def tasks(ctx: click.Context, run_id: str, as_json: bool) -> None:
 
 
 async def _task_diff(store: StreamStore, run_id: str, task_id: str, repo: Path) -> tuple[Any, str]:
-    _, board = await task_graph_of(store, run_id)
-    if task_id not in board.tasks:
-        raise UserError(f"run {run_id} has no task {task_id!r}")
-    state = board.tasks[task_id]
-    if not state.commit or not state.base:
-        raise UserError(f"task {task_id} has no commit yet ({state.status})")
-    return state, await git.diff(await git.open_repository(repo), state.base, state.commit)
+    return await task_diff(store, run_id, task_id, repo)
 
 
 @click.command()
@@ -124,17 +124,7 @@ def review(
 
 
 async def _verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
-    from parallax.core.errors import StreamNotFound
-
-    try:
-        records = await store.read_all(RunStreams(run_id).agent(task_id))
-    except StreamNotFound:
-        return "(no log)"
-    for record in reversed(records):
-        data = json.loads(record.body) if record.body.startswith(b"{") else {}
-        if "verify_exit" in data:
-            return f"exit {data['verify_exit']}\n{data.get('verify_output', '')}"
-    return "(no verify command)"
+    return await verify_output(store, run_id, task_id)
 
 
 @click.command()

@@ -183,6 +183,8 @@ class RunFinished(Payload):
     usage: dict[str, Any] = field(default_factory=dict[str, Any])
     conflicts: int = 0
     result: Any = None
+    steps: int = 0  # how many steps the run had at the end (grown ones included); 0: not recorded
+    succeeded: int = 0  # how many of them succeeded
 
 
 @dataclass(frozen=True, slots=True)

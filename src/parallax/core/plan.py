@@ -330,3 +330,17 @@ class Plan(_Frozen):
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def plan_shape(plan: Plan) -> str:
+    """What kind of job a plan is, for the views that show it: `tasks` (a task graph),
+    `cohorts` (cohorts and a moderator), `fanout` (contributions merged into one document),
+    else `graph`."""
+    steps = plan.steps
+    if any(s.kind == "tasks" for s in steps):
+        return "tasks"
+    if any(s.cohort for s in steps) or any(s.control is not None and s.control.kind == "moderate" for s in steps):
+        return "cohorts"
+    if any(s.kind == "merge" for s in steps):
+        return "fanout"
+    return "graph"

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
 from parallax.core.events import Event
-from parallax.core.plan import Plan, Step
+from parallax.core.plan import Plan, Step, plan_shape
 from parallax.core.tasks import TASK_EVENTS, TaskBoard, TaskGraphSpec
 
 StepStatus = Literal["pending", "running", "waiting", "succeeded", "failed", "skipped"]
@@ -392,10 +392,14 @@ def describe(state: RunState) -> dict[str, Any]:
                 "output": step.output,
             }
         )
+        if spec.kind == "merge" and spec.merge is not None:
+            # Which input filled which section of the merged document (its provenance).
+            steps[-1]["sections"] = {spec.merge.sections.get(dep, dep): dep for dep in spec.after}
     return {
         "run_id": state.run_id,
         "plan": state.plan.name if state.plan else None,
         "plan_hash": state.plan_hash,
+        "shape": plan_shape(state.plan) if state.plan else None,
         "source": state.source,
         "status": state.status,
         "created_at": state.created_at,
@@ -422,6 +426,11 @@ def describe(state: RunState) -> dict[str, Any]:
                 "commit": t.commit,
                 "changed": list(t.changed),
                 "error": t.error,
+                "after": list(state.tasks.spec.task(t.id).after),
+                "writes": list(state.tasks.spec.task(t.id).writes),
+                "verify": state.tasks.spec.task(t.id).verify or state.tasks.spec.verify,
+                "feedback": t.feedback,
+                "review": state.tasks.spec.review,
             }
             for t in state.tasks.tasks.values()
         },

@@ -247,7 +247,11 @@ class Runner:
             status = "failed"
         # The result is the sinks' outputs, already on the log: name them rather than copy them.
         done = [s for s in sinks if state.steps[s].status == "succeeded"]
-        finished = ev.RunFinished(status, done, len(sinks) == 1, state.usage.as_dict(), len(state.conflicts))
+        succeeded = sum(1 for s in state.steps.values() if s.status == "succeeded")
+        finished = ev.RunFinished(
+            status, done, len(sinks) == 1, state.usage.as_dict(), len(state.conflicts),
+            steps=len(state.steps), succeeded=succeeded,
+        )  # fmt: skip
         await self.log.emit(finished.event())
 
     # Inputs, grants, agents

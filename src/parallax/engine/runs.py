@@ -10,7 +10,7 @@ import time
 from parallax.core import events as ev
 from parallax.core.errors import RunNotFound, SeqNumMismatch, StreamNotFound, UserError
 from parallax.core.events import Event
-from parallax.core.plan import Plan
+from parallax.core.plan import Plan, plan_shape
 from parallax.core.runstreams import RunStreams
 from parallax.core.state import RunState, remember_plan
 from parallax.engine.control import ControlLog, stored_form
@@ -44,6 +44,7 @@ async def create_run(store: StreamStore, plan: Plan, *, run_id: str | None = Non
             "source": source,
             "name": plan.name,  # what `parallax runs` shows, without reading the plan
             "steps": len(plan.steps),
+            "shape": plan_shape(plan),  # which views the dashboard shows (core.plan.plan_shape)
         },
     )
     try:

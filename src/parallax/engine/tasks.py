@@ -25,7 +25,7 @@ from parallax.agents.cli import login_files, own_paths
 from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
-from parallax.core.errors import AgentFailed, UserError
+from parallax.core.errors import AgentFailed, StreamNotFound, UserError
 from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.tasks import (
@@ -430,3 +430,27 @@ async def decide_review(
         raise UserError(f"{reason}; sent {task_id} back to its agent")
     await append(Event(TASK_MERGED, {"task": task_id, "commit": await git.head(path), "by": by, "note": note}))
     return f"merged {task_id} into {workspaces.integration_branch}"
+
+
+async def task_diff(store: StreamStore, run_id: str, task_id: str, repo: Path) -> tuple[Any, str]:
+    """A task's state and what it changed, from the commit it started at (`parallax diff`)."""
+    _, board = await task_graph_of(store, run_id)
+    if task_id not in board.tasks:
+        raise UserError(f"run {run_id} has no task {task_id!r}")
+    state = board.tasks[task_id]
+    if not state.commit or not state.base:
+        raise UserError(f"task {task_id} has no commit yet ({state.status})")
+    return state, await git.diff(await git.open_repository(repo), state.base, state.commit)
+
+
+async def verify_output(store: StreamStore, run_id: str, task_id: str) -> str:
+    """The last verify command's exit code and output on the task's log (`parallax review`)."""
+    try:
+        records = await store.read_all(agent_stream(run_id, task_id))
+    except StreamNotFound:
+        return "(no log)"
+    for record in reversed(records):
+        data = json.loads(record.body) if record.body.startswith(b"{") else {}
+        if "verify_exit" in data:
+            return f"exit {data['verify_exit']}\n{data.get('verify_output', '')}"
+    return "(no verify command)"

@@ -19,23 +19,28 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from parallax.core import events as ev
 from parallax.core.errors import ParallaxError, RunNotFound, StreamNotFound, UserError
 from parallax.core.plan import Plan
 from parallax.core.runstreams import RunStreams
-from parallax.core.state import describe
+from parallax.core.state import TERMINAL_RUN, describe
 from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
 from parallax.engine.follow import Followed, follow_run
+from parallax.engine.heartbeat import pulse
 from parallax.engine.runner import Runner
+from parallax.engine.tasks import decide_review, task_diff, verify_output
 from parallax.launch import load_plan, run_options
+from parallax.report import build_report
 from parallax.server.auth import Principal, Tokens
-from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, Guard
+from parallax.server.guard import DEFAULT_MAX_BODY, PRINCIPAL, STATIC, Guard
 from parallax.server.scheduler import Schedule, Scheduler
 from parallax.settings import Settings
 from parallax.streams.base import ReadLimit, Record, SeqNum, StreamStore
@@ -65,6 +70,12 @@ class Decision(BaseModel):
     by: str = "api"
 
 
+class ReviewRequest(BaseModel):
+    approve: bool
+    note: str = ""
+    by: str = "api"
+
+
 class Message(BaseModel):
     to: str
     text: str
@@ -77,6 +88,48 @@ class Metrics:
         self.sse_clients = 0
         self.sse_events = 0
         self.runs_started = 0
+
+
+class LiveCursor:
+    """Where a client of `/runs/{id}/live` stands: the last control seq it has, and per agent
+    stream (numbered in the order the control log starts their steps, which is the same on
+    every read) the last seq it has. Written `c` or `c.i:s.i:s...` (`-` for nothing yet), small
+    enough for an event id, parsed back from `Last-Event-ID`."""
+
+    def __init__(self, control: int = -1, agents: dict[int, int] | None = None) -> None:
+        self.control = control
+        self.agents: dict[int, int] = dict(agents or {})
+        self.streams: dict[str, int] = {}  # step -> the number of its agent stream, in start order
+
+    @classmethod
+    def parse(cls, text: str) -> LiveCursor:
+        try:
+            head, *rest = text.split(".") if text else ["-"]
+            control = -1 if head == "-" else int(head)
+            agents = {int(i): int(s) for i, s in (part.split(":") for part in rest)}
+        except ValueError:
+            return cls()  # not ours: everything
+        return cls(control, agents)
+
+    def advance(self, item: Followed) -> bool:
+        """Whether the client lacks `item`; if so, it has it from now on."""
+        seq = item.record.seq_num
+        if item.kind == "control":
+            if item.event.type == ev.STEP_STARTED and item.event.step:  # as follow_run starts its tail
+                self.streams.setdefault(item.event.step, len(self.streams))
+            if seq <= self.control:
+                return False
+            self.control = seq
+            return True
+        number = self.streams.setdefault(item.stream.rsplit("/", 1)[-1], len(self.streams))
+        if seq <= self.agents.get(number, -1):
+            return False
+        self.agents[number] = seq
+        return True
+
+    def __str__(self) -> str:
+        head = "-" if self.control < 0 else str(self.control)
+        return ".".join([head, *(f"{i}:{s}" for i, s in sorted(self.agents.items()))])
 
 
 def _record_json(record: Record) -> dict[str, Any]:
@@ -164,6 +217,10 @@ def create_app(
     def store() -> StreamStore:
         return state["store"]
 
+    def repository() -> Path:
+        """The repository task graphs work in: the runs' workdir, else where the server started."""
+        return run_options(settings).workdir or Path.cwd()
+
     def principal(request: Request) -> Principal:
         """The token's principal, as the guard checked it (header, or `?token=` on SSE only)."""
         metrics.requests += 1
@@ -225,14 +282,51 @@ def create_app(
 
     @app.get("/runs")
     async def runs(who: Principal = Depends(admin)) -> list[dict[str, Any]]:
-        return [r.__dict__ for r in await api.list_runs(store())]
+        out = []
+        for summary in await api.list_runs(store(), fold_unfinished=True):
+            row = dict(summary.__dict__)
+            if row["status"] == "stalled" and summary.run_id in running:
+                row["status"] = "running"  # this server runs it: a late beat is not a lost coordinator
+            out.append(row)
+        return out
 
     @app.get("/runs/{run_id}")
     async def get_run(run_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
         for_run(run_id, who)
         view = describe(await api.load_run(store(), run_id))
         view["live"] = run_id in running
+        view["stalled"] = False
+        if view["status"] not in TERMINAL_RUN and run_id not in running:
+            last = await pulse(store(), run_id)
+            view["stalled"] = last is not None and last.stalled()  # unfinished, its coordinator gone
         return view
+
+    @app.get("/runs/{run_id}/report")
+    async def get_report(run_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """What the run found, for a person (parallax.report): synthesis, final positions,
+        divergence, merged fields, conflicts, failures, cost."""
+        for_run(run_id, who)
+        return build_report(await api.load_run(store(), run_id)).as_dict()
+
+    @app.get("/runs/{run_id}/tasks/{task_id}/diff")
+    async def get_task_diff(run_id: str, task_id: str, who: Principal = Depends(principal)) -> dict[str, Any]:
+        """What a task changed (as `parallax diff`), and its last verify output."""
+        for_run(run_id, who)
+        task, text = await task_diff(store(), run_id, task_id, repository())
+        verify = await verify_output(store(), run_id, task_id)
+        return {"run_id": run_id, "task": task_id, "status": task.status, "diff": text, "verify": verify}
+
+    @app.post("/runs/{run_id}/tasks/{task_id}/review")
+    async def review_task(
+        run_id: str, task_id: str, body: ReviewRequest, who: Principal = Depends(principal)
+    ) -> dict[str, str]:
+        """The review queue (as `parallax review`): approve merges the task into the integration
+        branch, reject sends it back to its agent with the note."""
+        for_run(run_id, who)
+        outcome = await decide_review(
+            store(), run_id, repository(), task_id, approve=body.approve, note=body.note, by=body.by
+        )
+        return {"run_id": run_id, "task": task_id, "outcome": outcome}
 
     @app.post("/runs/{run_id}/cancel")
     async def cancel(run_id: str, who: Principal = Depends(principal)) -> dict[str, str]:
@@ -327,14 +421,18 @@ def create_app(
     @app.get("/runs/{run_id}/live")
     async def run_live(run_id: str, request: Request, who: Principal = Depends(principal)) -> Any:
         """Everything of a run as it happens, for the dashboard: control events and every agent
-        stream's records, multiplexed (`event: control` / `event: agent`)."""
+        stream's records, multiplexed (`event: control` / `event: agent`). Each event's id is a
+        cursor (`LiveCursor`): a client that reconnects with `Last-Event-ID` gets what it has not
+        seen, each record once."""
         for_run(run_id, who)
         await api.load_run(store(), run_id)
-        return StreamingResponse(_multiplex(run_id, request), media_type="text/event-stream")
+        cursor = LiveCursor.parse(request.headers.get("last-event-id", ""))
+        return StreamingResponse(_multiplex(run_id, request, cursor), media_type="text/event-stream")
 
-    async def _multiplex(run_id: str, request: Request) -> AsyncIterator[bytes]:
+    async def _multiplex(run_id: str, request: Request, cursor: LiveCursor) -> AsyncIterator[bytes]:
         """The run's control records and, as steps start, their agents' records (follow_run),
-        with keep-alives while nothing happens; until the client leaves."""
+        with keep-alives while nothing happens; until the client leaves. What `cursor` says the
+        client has is read again (to find the agent streams) but not sent."""
         queue: asyncio.Queue[Followed | None] = asyncio.Queue(maxsize=10_000)
 
         async def pump() -> None:
@@ -356,9 +454,12 @@ def create_app(
                     continue
                 if item is None:
                     return
+                if not cursor.advance(item):
+                    continue  # the client has it
                 payload = {"stream": item.stream, **_record_json(item.record)}
                 metrics.sse_events += 1
-                yield f"event: {item.kind}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+                data = json.dumps(payload, separators=(",", ":"))
+                yield f"id: {cursor}\nevent: {item.kind}\ndata: {data}\n\n".encode()
         finally:
             metrics.sse_clients -= 1
             pumping.cancel()
@@ -420,5 +521,13 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> str:
         return resources.files("parallax.server").joinpath("dashboard.html").read_text()
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        """The dashboard's scripts and styles (served from the package: it works offline)."""
+        if name not in STATIC:
+            raise HTTPException(404, "no such file")
+        text = resources.files("parallax.server").joinpath("static", name).read_text()
+        return Response(text, media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     return app

@@ -2,7 +2,7 @@
 the application sees it.
 
 Guarantees, in order:
-- `/health` and the static pages (`/` the dashboard page, `/docs`, `/redoc`, `/openapi.json`)
+- `/health` and the static pages (`/` the dashboard page and its /static files, `/docs`, `/redoc`, `/openapi.json`)
   are open; they carry no data. Every other request must present a valid token, judged from the
   request line and headers alone: without one it is answered 401 at once, its body is never
   read, and the connection is closed.
@@ -36,7 +36,11 @@ from parallax.server.auth import Tokens
 
 PRINCIPAL = "parallax.principal"
 DEFAULT_MAX_BODY = 1024 * 1024
-OPEN_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# The dashboard's own files (src/parallax/server/static), by name: served without a token.
+STATIC = {"dashboard.js": "text/javascript", "markdown.js": "text/javascript", "dashboard.css": "text/css"}
+OPEN_PATHS = frozenset(
+    {"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", *(f"/static/{n}" for n in STATIC)}
+)
 SSE_PATH = re.compile(r"/streams/.*/events|/runs/[^/]+/(?:events|live)")
 
 
