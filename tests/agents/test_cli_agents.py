@@ -264,10 +264,13 @@ async def test_aider_recovering_after_a_retry_is_a_success(store: SqliteStore, t
         tmp_path,
         "aider",
         ["litellm.APIConnectionError: Connection refused", "Retrying in 0.2 seconds...",
-         "Applied edit to app.py", "Done."],
+         "Tokens: 1.2k sent, 312 received. Cost: $0.0041 message, $0.0041 session.",
+         "Applied edit to app.py", "Tokens: 2.5k sent, 40 received.", "Done."],
     )  # fmt: skip
     state = await run_cli(store, env, "aider")
     assert state.steps["code"].status == "succeeded", state.steps["code"].error
+    usage = state.steps["code"].usage  # aider's own "Tokens:" lines, one per request
+    assert (usage.requests, usage.input_tokens, usage.output_tokens) == (2, 3700, 352)
 
 
 async def test_codex_stream_error_event_is_a_failure(store: SqliteStore, tmp_path: Path) -> None:

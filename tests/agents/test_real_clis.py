@@ -148,7 +148,6 @@ PROGRAMS = {
         "/v1/chat/completions",
         granted=["OPENAI_API_BASE", "OPENAI_API_KEY", "LITELLM_LOCAL_MODEL_COST_MAP", *PROXIED],
         install="aider",
-        reads_usage=False,
     ),
     # gemini-cli: GOOGLE_GEMINI_BASE_URL alone makes it pick the "gateway" auth type, which its
     # non-interactive mode rejects ("Invalid auth method selected.", exit 41); with the API-key
@@ -161,7 +160,6 @@ PROGRAMS = {
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
         granted=["GOOGLE_GEMINI_BASE_URL", "GEMINI_API_KEY", *PROXIED],
         login=True,
-        reads_usage=False,
     ),
 }
 

@@ -110,13 +110,15 @@ def parse_codex(line: str, out: Transcript, ctx: AgentContext) -> None:
         out.chunks.append(out.final)
     elif kind == "item.completed" and item.get("type") in ("command_execution", "file_change", "mcp_tool_call"):
         ctx.log(ev.AGENT_TOOL_CALL, {"tool": item.get("type"), "args": {k: v for k, v in item.items() if k != "type"}})
-    elif kind == "turn.completed":
+    elif kind == "turn.completed":  # its counts are the whole turn's (every request in it)
         usage = event.get("usage") or {}
         out.usage = {
-            "requests": 1,
-            "input_tokens": int(usage.get("input_tokens", 0) or 0),
-            "output_tokens": int(usage.get("output_tokens", 0) or 0),
+            "requests": int(out.usage.get("requests", 0)) + 1,
+            "input_tokens": int(out.usage.get("input_tokens", 0)) + int(usage.get("input_tokens", 0) or 0),
+            "output_tokens": int(out.usage.get("output_tokens", 0)) + int(usage.get("output_tokens", 0) or 0),
         }
+    elif kind == "item.completed" and item.get("type") == "error":  # a warning codex goes on after
+        ctx.log(ev.AGENT_LOG, {"warning": str(item.get("message", ""))})
     elif kind == "turn.failed":
         out.error = str((event.get("error") or {}).get("message", "turn failed"))
     elif kind == "error":  # a stream error codex reports before giving up
@@ -133,8 +135,17 @@ def parse_gemini(line: str, out: Transcript, ctx: AgentContext) -> None:
         out.final = "".join(out.chunks)
     elif kind == "tool_use":
         ctx.log(ev.AGENT_TOOL_CALL, {"tool": event.get("tool_name"), "args": event.get("parameters")})
-    elif kind == "result" and event.get("status") == "error":
-        out.error = json.dumps(event.get("error")) if event.get("error") else "gemini reported an error"
+    elif kind == "result":
+        stats = event.get("stats") or {}
+        out.usage = {
+            "requests": int(stats.get("tool_calls", 0) or 0) + 1,
+            "input_tokens": int(stats.get("input_tokens", 0) or 0),
+            "output_tokens": int(stats.get("output_tokens", 0) or 0),
+        }
+        if event.get("status") == "error":
+            error = event.get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+            out.error = str(message or "gemini reported an error")
     elif kind == "error":
         out.error = str(event.get("message") or event.get("error") or "gemini reported an error")
 
@@ -179,9 +190,23 @@ _AIDER_RETRY = re.compile(r"^Retrying in [\d.]+ seconds", re.IGNORECASE)
 _MAX_ERROR_CHARS = 4000
 
 
+_AIDER_TOKENS = re.compile(r"^Tokens: ([\d.]+)(k?) sent(?:, [^,]*)*?, ([\d.]+)(k?) received", re.IGNORECASE)
+
+
+def _count(number: str, k: str) -> int:
+    return round(float(number) * (1000 if k else 1))
+
+
 def parse_text(line: str, out: Transcript, ctx: AgentContext) -> None:
     out.chunks.append(line + "\n")
     text = line.strip()
+    tokens = _AIDER_TOKENS.match(text)  # aider, after each request: "Tokens: 1.2k sent, 312 received."
+    if tokens is not None:
+        out.usage = {
+            "requests": int(out.usage.get("requests", 0)) + 1,
+            "input_tokens": int(out.usage.get("input_tokens", 0)) + _count(tokens.group(1), tokens.group(2)),
+            "output_tokens": int(out.usage.get("output_tokens", 0)) + _count(tokens.group(3), tokens.group(4)),
+        }
     if _AIDER_RETRY.match(text):
         out.error = None  # it tries again: the error before this was not the last word
         out.capturing = False
@@ -240,7 +265,12 @@ PRESETS: dict[str, Preset] = {
         ("gemini", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json", "--prompt={prompt}"),
         ("-m", "{model}"),
         parse_gemini,
-        home_files=(".gemini/settings.json", ".gemini/oauth_creds.json", ".gemini/google_accounts.json"),
+        home_files=(
+            ".gemini/settings.json",
+            ".gemini/oauth_creds.json",
+            ".gemini/google_accounts.json",
+            ".gemini/.env",
+        ),
     ),
     "aider": Preset(
         (
