@@ -237,3 +237,6 @@ def test_decompose_bench_runs_on_a_small_history(repo: Path) -> None:
                             capture_output=True, text=True, check=True)  # fmt: skip
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("RESULT planner_collision=") and " files=" in last
+    figures = dict(item.split("=") for item in last.split()[1:])
+    assert {"ratio", "width", "naive_same_width_ratio", "speedup"} <= set(figures)
+    assert int(figures["width"]) >= 1 and float(figures["speedup"]) >= 1.0

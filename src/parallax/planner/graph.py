@@ -1,6 +1,6 @@
 """A knowledge graph of a repository at one revision, read straight from git objects.
 
-Nodes: files (with their language), Python modules, definitions (top-level classes and
+Nodes: files (with their language and lines), Python modules, definitions (top-level classes and
 functions), tests. Edges:
 - imports: Python resolved exactly by the stdlib parser (`ast`), relative imports included;
   JavaScript / TypeScript `import`, `export ... from` and `require()` of relative paths, parsed
@@ -32,8 +32,10 @@ from typing import Any
 PY = (".py", ".pyi")
 JS = (".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".mts", ".cts")
 CODE = (*PY, *JS, ".go", ".rs", ".java", ".kt", ".rb", ".php", ".c", ".h", ".cc", ".cpp", ".hpp", ".cs", ".swift")
+DOCS = (".md", ".rst", ".toml", ".json", ".yaml", ".yml")
 MAX_COMMIT_FILES = 50
 MAX_BLOB = 2_000_000
+BYTES_PER_LINE = 32  # only to estimate the lines of a file whose blob was not read
 
 
 def language(path: str) -> str:
@@ -45,6 +47,15 @@ def language(path: str) -> str:
     if ext in JS:
         return "javascript"
     return ext.lstrip(".") or "other"
+
+
+def line_count(info: dict[str, Any]) -> int:
+    """A file's lines (counted when the graph was built; estimated from its size in bytes for
+    files not read, or graphs cached before lines were counted). At least 1."""
+    counted = info.get("lines")
+    if isinstance(counted, int):
+        return max(1, counted)
+    return max(1, int(info.get("size", 0)) // BYTES_PER_LINE)
 
 
 def is_test(path: str) -> bool:
@@ -61,7 +72,8 @@ def is_test(path: str) -> bool:
 @dataclass
 class CodeGraph:
     rev: str
-    files: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])  # path -> {lang, size, test}
+    # path -> {lang, size, test, lines}
+    files: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
     imports: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     definitions: dict[str, list[str]] = field(default_factory=dict[str, list[str]])  # path -> names
     users: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # "path::Name" -> files
@@ -433,8 +445,11 @@ def build_graph(repo: Path, rev: str = "HEAD", history: int = 2000) -> CodeGraph
             continue
         files[path] = {"lang": language(path), "size": int(size) if size.isdigit() else 0, "test": is_test(path)}
     graph = CodeGraph(sha, files=files)
-    code = [p for p, info in files.items() if p.endswith((*PY, *JS)) and info["size"] <= MAX_BLOB]
-    blobs = read_blobs(repo, sha, code)
+    text = [p for p, info in files.items() if p.endswith((*CODE, *DOCS)) and info["size"] <= MAX_BLOB]
+    blobs = read_blobs(repo, sha, text)
+    for path, blob in blobs.items():
+        files[path]["lines"] = blob.count(b"\n") + (0 if blob.endswith(b"\n") or not blob else 1)
+    blobs = {p: b for p, b in blobs.items() if p.endswith((*PY, *JS))}
     modules = _PythonModules(files)
     names = set(files)
     for path, source in blobs.items():
