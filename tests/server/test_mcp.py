@@ -38,7 +38,7 @@ async def test_tools_over_stdio(tmp_path: Path) -> None:
     async with Client(params(tmp_path)) as client:
         tools = {tool.name for tool in (await client.list_tools()).tools}
         assert tools >= {"start_run", "ask_agents", "watch_run", "get_result", "read_stream", "post_message",
-                         "change_topology", "list_runs"}  # fmt: skip
+                         "change_topology", "list_runs", "task_peers"}  # fmt: skip
 
         started = structured(await client.call_tool("start_run", {"target": "examples/fanout.yaml", "run_id": "m1"}))
         assert started["run_id"] == "m1"
@@ -76,3 +76,38 @@ async def test_bad_input_is_a_clear_tool_error(tmp_path: Path) -> None:
         assert "nope" in unknown.content[0].text
         action = await client.call_tool("change_topology", {"run_id": "nope", "action": {"action": "dance"}})
         assert action.is_error
+
+
+async def test_task_peers_shows_what_the_other_running_tasks_touch(tmp_path: Path) -> None:
+    from parallax.core.events import Event
+    from parallax.core.tasks import TASK_CLAIMED, TASK_PROGRESS, TASK_STARTED
+    from parallax.engine import api
+    from parallax.engine.control import control_stream
+    from parallax.patterns.yaml_loader import compile_pattern
+    from parallax.server.mcp_tools import ParallaxTools
+    from parallax.streams.base import AppendInput
+    from parallax.streams.folded import event_record
+    from parallax.streams.sqlite import SqliteStore
+
+    text = (
+        "pattern: tasks\nname: g\ntasks:\n"
+        "  api: {prompt: 'Add the endpoint', writes: ['api/**'], agent: {kind: command, command: 'true'}}\n"
+        "  ui: {prompt: 'Add the page', writes: ['ui/**'], agent: {kind: command, command: 'true'}}\n"
+    )
+    async with SqliteStore(tmp_path / "p.db") as store:
+        run_id = await api.create_run(store, compile_pattern(text), run_id="g")
+        worker = {"task": "api", "worker": "w", "attempt": 1}
+        events = [
+            Event(TASK_CLAIMED, {**worker, "lease_until": 2**62}, step="tasks"),
+            Event(TASK_STARTED, {**worker, "base": "x"}, step="tasks"),
+            Event(TASK_PROGRESS, {**worker, "changed": ["api/routes.py"]}, step="tasks"),
+        ]
+        await store.append(control_stream(run_id), AppendInput([event_record(e) for e in events]))
+        tools = ParallaxTools(store)
+        seen = await tools.task_peers(run_id, "ui")
+        assert seen["peers"] == [
+            {"task": "api", "status": "running", "prompt": "Add the endpoint", "writes": ["api/**"],
+             "changed": ["api/routes.py"]}
+        ]  # fmt: skip
+        assert (await tools.task_peers(run_id, "api"))["peers"] == []  # itself is not its peer
+        await tools.close()

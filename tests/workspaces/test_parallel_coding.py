@@ -322,3 +322,62 @@ def test_a_cli_agent_asking_for_its_login_sees_copies_of_its_config_files(tmp_pa
     assert sorted(p.name for p in copied.iterdir()) == ["config.toml"]
     assert (copied / "config.toml").stat().st_mode & 0o777 == 0o600
     assert (user_home / ".codex" / "config.toml").read_text() == 'model = "gpt-5-codex"\n'
+
+
+def test_a_task_sees_its_running_peers_and_their_messages_reach_it(tmp_path: Path) -> None:
+    # Two agents at once. b waits (its own polling, up to a minute) until .shared/peers.md shows a
+    # running with a.txt changed, keeps what it saw, and asks a over the run's inbox; a waits
+    # until its .shared/inbox.md holds the message, and keeps it.
+    repo = init_repo(tmp_path / "r", {"README.md": "x\n"})
+    wait = "i=0; until {check}; do i=$((i+1)); [ $i -gt 1200 ] && exit 3; sleep 0.05; done"
+    a = (
+        "printf first > a.txt; "
+        + wait.format(check="grep -q please .shared/inbox.md 2>/dev/null")
+        + "; cp .shared/inbox.md a-inbox.md"
+    )
+    b = (
+        wait.format(check="grep -q 'changed so far: a.txt' .shared/peers.md 2>/dev/null")
+        + "; cp .shared/peers.md b-saw.md; cp .shared/peers.json b-saw.json; "
+        + f'{sys.executable} -m parallax message "$PARALLAX_RUN_ID" --to a "please leave a.txt to me"'
+    )
+    doc = {
+        "pattern": "tasks",
+        "name": "peers",
+        "workers": 2,
+        "tasks": {
+            "a": {"prompt": "Write a.txt", "writes": ["a.txt", "a-inbox.md"], "agent": {"kind": "command", "command": a}},
+            "b": {"prompt": "Document a.txt", "writes": ["b-saw.md", "b-saw.json"],
+                  "agent": {"kind": "command", "command": b, "env": ["PARALLAX_STORE", "PYTHONPATH"]}},
+        },
+    }  # fmt: skip
+    env = {**os.environ, "PARALLAX_STORE": f"sqlite://{tmp_path / 't.db'}", "PYTHONPATH": str(ROOT)}
+    state = run_tasks(tmp_path, repo, doc, env=env)
+    assert state.status == "succeeded", state.steps["tasks"].error
+    saw = sh(repo, "git", "show", "parallax/t/integration:b-saw.md")
+    assert "## a (running)" in saw and "- writes: a.txt, a-inbox.md" in saw and "- task: Write a.txt" in saw
+    peers = json.loads(sh(repo, "git", "show", "parallax/t/integration:b-saw.json"))
+    assert peers["you"] == "b" and peers["peers"][0]["changed"] == ["a.txt"]
+    inbox = sh(repo, "git", "show", "parallax/t/integration:a-inbox.md")
+    assert "please leave a.txt to me" in inbox
+
+
+def test_the_prompt_lists_the_tasks_running_beside_it() -> None:
+    from parallax.core.tasks import TASK_CLAIMED, TASK_PROGRESS, TASK_STARTED, TaskBoard, TaskGraphSpec
+    from parallax.engine.peers import prompt_section
+
+    spec = TaskGraphSpec.model_validate(
+        {"tasks": [{"id": t, "prompt": f"do {t}", "writes": [f"{t}/**"], "agent": {"kind": "command", "command": "true"}}
+                   for t in ("a", "b", "c")]}
+    )  # fmt: skip
+    board = TaskBoard.of(spec)
+    far = 2**62
+    for kind, data in (
+        (TASK_CLAIMED, {"task": "a", "worker": "w", "attempt": 1, "lease_until": far}),
+        (TASK_STARTED, {"task": "a", "worker": "w", "attempt": 1, "base": "x"}),
+        (TASK_PROGRESS, {"task": "a", "worker": "w", "attempt": 1, "changed": ["a/x.py"]}),
+    ):
+        board.apply(kind, data, 1)
+    section = prompt_section(board, "r", "b")
+    assert "## a (running)" in section and "- writes: a/**" in section and "- changed so far: a/x.py" in section
+    assert "## c" not in section and "## b" not in section  # not running; and not itself
+    assert prompt_section(board, "r", "a") == ""  # alone

@@ -42,9 +42,10 @@ TASK_RELEASED = "task.released"
 TASK_REQUEUED = "task.requeued"  # a contract it reads changed, or a reviewer sent it back
 TASK_MERGED = "task.merged"
 TASK_CANCELLED = "task.cancelled"
+TASK_PROGRESS = "task.progress"  # the files a running task has changed so far (its peers read it)
 TASK_EVENTS = frozenset(
     {TASK_CLAIMED, TASK_HEARTBEAT, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED, TASK_RELEASED, TASK_REQUEUED,
-     TASK_MERGED, TASK_CANCELLED}
+     TASK_MERGED, TASK_CANCELLED, TASK_PROGRESS}
 )  # fmt: skip
 
 
@@ -193,6 +194,7 @@ class TaskState:
     finished_at: int | None = None
     history: list[str] = field(default_factory=list[str])
     usage: dict[str, float] = field(default_factory=dict[str, float])  # every attempt's model usage, summed
+    changed_so_far: tuple[str, ...] = ()  # while it runs: the files it has changed (task.progress)
 
     def live(self, now_ms: int) -> bool:
         return self.status in ("claimed", "running") and self.lease_until > now_ms
@@ -294,6 +296,11 @@ class TaskBoard:
             if ok:
                 state.status = "running"
                 state.base = data.get("base")
+                state.changed_so_far = ()
+        elif kind == TASK_PROGRESS:
+            ok = holder_ok and state.status == "running" and state.lease_until > timestamp
+            if ok:
+                state.changed_so_far = tuple(str(p) for p in data.get("changed", ()))
         elif kind in (TASK_SUCCEEDED, TASK_FAILED, TASK_RELEASED):
             ok = holder_ok and state.status in ("claimed", "running") and state.lease_until > timestamp
             if ok:

@@ -99,12 +99,32 @@ async def wait_applied(store: StreamStore, run_id: str, seq: int, timeout_s: flo
             continue
 
 
+def _task_ids(state: RunState) -> list[str]:
+    """The tasks of a run's task graph (none for other runs)."""
+    plan = state.plan
+    step = next((s for s in plan.steps if s.tasks is not None), None) if plan is not None else None
+    if step is None or step.tasks is None:
+        return []
+    listed = step.tasks.get("tasks")
+    return [str(t["id"]) for t in listed if isinstance(t, dict) and "id" in t] if isinstance(listed, list) else []
+
+
 async def send_message(store: StreamStore, run_id: str, target: str, text: str, by: str) -> int:
-    _, cohorts = await _live_cohorts_run(store, run_id)
-    agents = {a for members in cohorts.values() for a in members}
-    if target != "moderator" and target not in cohorts and target not in agents:
-        known = ", ".join(["moderator", *cohorts, *sorted(agents)])
-        raise UserError(f"run {run_id} has no cohort or agent {target!r} (known: {known})")
+    """A message on `target`'s inbox stream: a cohort, an agent or the moderator of a cohorts
+    run, or a task of a task graph (its agent sees it in `.shared/inbox.md`)."""
+    state = await load_run(store, run_id)
+    tasks = _task_ids(state)
+    if tasks:
+        if state.finished:
+            raise UserError(f"run {run_id} already finished ({state.status})")
+        if target not in tasks:
+            raise UserError(f"run {run_id} has no task {target!r} (tasks: {', '.join(tasks)})")
+    else:
+        _, cohorts = await _live_cohorts_run(store, run_id)
+        agents = {a for members in cohorts.values() for a in members}
+        if target != "moderator" and target not in cohorts and target not in agents:
+            known = ", ".join(["moderator", *cohorts, *sorted(agents)])
+            raise UserError(f"run {run_id} has no cohort or agent {target!r} (known: {known})")
     if not text.strip():
         raise UserError("the message is empty")
     event = Event(ev.INBOX_MESSAGE, {"from": by, "text": text})

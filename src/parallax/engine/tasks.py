@@ -25,7 +25,7 @@ from parallax.agents.cli import login_files, own_paths
 from parallax.agents.process import agent_environment, run_process, tail_text
 from parallax.core import events as ev
 from parallax.core.conflicts import Conflict
-from parallax.core.errors import AgentFailed, StreamNotFound, UserError
+from parallax.core.errors import AgentFailed, StreamError, StreamNotFound, UserError
 from parallax.core.events import Event
 from parallax.core.grants import Grants
 from parallax.core.tasks import (
@@ -42,6 +42,7 @@ from parallax.core.tasks import (
 )
 from parallax.core.template import render
 from parallax.engine.control import agent_stream, control_stream
+from parallax.engine.peers import PeerWatch, prompt_section
 from parallax.engine.runs import load_run
 from parallax.engine.taskboard import Claim, TaskClient
 from parallax.streams.base import AppendInput, StreamStore
@@ -194,6 +195,10 @@ async def _do_task(
     prompt = render(task.prompt, context) if task.prompt else None
     if feedback:  # sent back by a reviewer, or re-run because a contract changed
         prompt = f"{prompt or ''}\n\nThis task was sent back: {feedback}".strip()
+    with contextlib.suppress(StreamError):
+        await client.sync()
+    prompt = f"{prompt or ''}{prompt_section(client.board, run_id, task.id)}" or None
+    env["PARALLAX_RUN_ID"] = run_id  # for `parallax message $PARALLAX_RUN_ID --to TASK "..."`
     log = AgentLog(client.store, agent_stream(run_id, task.id), task.id, task.id)
     agent_spec = task.agent
     sandbox = (
@@ -219,13 +224,21 @@ async def _do_task(
         workdir=workspace.path,
         wrap=sandbox.wrap if sandbox is not None else None,
     )
+    # While the agent works, its peers' view (and theirs of it) is kept current: engine/peers.py.
+    watch = PeerWatch(client, claim, task, workspace.checkout, workspace.base, client.store)
+    await watch.once()
+    watching = asyncio.create_task(watch.run())
     try:
         try:
-            if task.timeout_s is not None:
-                async with asyncio.timeout(task.timeout_s):
+            try:
+                if task.timeout_s is not None:
+                    async with asyncio.timeout(task.timeout_s):
+                        result = await build_agent(agent_spec).run(ctx)
+                else:
                     result = await build_agent(agent_spec).run(ctx)
-            else:
-                result = await build_agent(agent_spec).run(ctx)
+            finally:  # stopped before verify and commit touch the worktree's git index
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
         except TimeoutError:
             return TASK_FAILED, {"error": f"ran past its timeout of {task.timeout_s:g}s", "final": False}
         except AgentFailed as e:

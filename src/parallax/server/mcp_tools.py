@@ -113,6 +113,16 @@ class ParallaxTools:
         seq = await live.send_message(self.store, run_id, to, text, by="mcp")
         return {"run_id": run_id, "to": to, "seq": seq}
 
+    async def task_peers(self, run_id: str, task: str) -> dict[str, Any]:
+        """The tasks running beside `task` in a task graph: prompts, write sets, files changed so far."""
+        from parallax.engine.peers import peers_of
+        from parallax.engine.tasks import task_graph_of
+
+        spec, board = await task_graph_of(self.store, run_id)
+        if task not in {t.id for t in spec.tasks}:
+            raise UserError(f"run {run_id} has no task {task!r}")
+        return {"run_id": run_id, "you": task, "peers": peers_of(board, task)}
+
     async def change_topology(self, run_id: str, action: dict[str, Any], wait_s: float = 0.0) -> dict[str, Any]:
         seq = await live.request_topology(self.store, run_id, action, by="mcp")
         outcome = await live.wait_applied(self.store, run_id, seq, wait_s) if wait_s > 0 else None
@@ -169,8 +179,15 @@ def build_server(tools: ParallaxTools) -> MCPServer:
 
     @server.tool()
     async def post_message(run_id: str, to: str, text: str) -> dict[str, Any]:
-        """Post a message into a live run: to a cohort, an agent, or the moderator."""
+        """Post a message into a live run: to a cohort, an agent, the moderator, or a task of a
+        task graph (it reads it in its .shared/inbox.md)."""
         return await call(tools.post_message(run_id, to, text))  # type: ignore[no-any-return]
+
+    @server.tool()
+    async def task_peers(run_id: str, task: str) -> dict[str, Any]:
+        """For a task of a running task graph: the other running tasks, their prompts, write sets
+        and the files they have changed so far. Ask one (post_message) before needing its files."""
+        return await call(tools.task_peers(run_id, task))  # type: ignore[no-any-return]
 
     @server.tool()
     async def change_topology(run_id: str, action: dict[str, Any], wait_s: float = 0.0) -> dict[str, Any]:
