@@ -43,10 +43,17 @@ TASK_REQUEUED = "task.requeued"  # a contract it reads changed, or a reviewer se
 TASK_MERGED = "task.merged"
 TASK_CANCELLED = "task.cancelled"
 TASK_PROGRESS = "task.progress"  # the files a running task has changed so far (its peers read it)
+# A succeeded task's merge into the integration branch conflicted and the graph's resolver took
+# it on (`task.conflicted`), then proposed a verified resolution (`task.resolved`) or could not
+# (`task.resolution_failed`).
+TASK_CONFLICTED = "task.conflicted"
+TASK_RESOLVED = "task.resolved"
+TASK_RESOLUTION_FAILED = "task.resolution_failed"
 TASK_EVENTS = frozenset(
     {TASK_CLAIMED, TASK_HEARTBEAT, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED, TASK_RELEASED, TASK_REQUEUED,
-     TASK_MERGED, TASK_CANCELLED, TASK_PROGRESS}
+     TASK_MERGED, TASK_CANCELLED, TASK_PROGRESS, TASK_CONFLICTED, TASK_RESOLVED, TASK_RESOLUTION_FAILED}
 )  # fmt: skip
+RESOLVER_PREFIX = "resolve-"  # task B's resolver works as `resolve-B`, on branch parallax/<run>/resolve-B
 
 
 class TaskSpec(BaseModel):
@@ -79,12 +86,18 @@ class TaskGraphSpec(BaseModel):
     workers: Annotated[int, Field(ge=1, le=256)] = 4
     verify: str | None = None  # run on the integration branch after each merge
     review: bool = False  # finished tasks wait for a person (`parallax review`) before merging
+    # Resolves a git conflict met while merging a task into the integration branch (None: the
+    # conflict is only recorded).
+    resolver: AgentSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TaskGraphSpec:
         ids = [t.id for t in self.tasks]
         if len(set(ids)) != len(ids):
             raise ValueError(f"task ids must be unique: {sorted({i for i in ids if ids.count(i) > 1})}")
+        taken = [i for i in ids if i.startswith(RESOLVER_PREFIX)] if self.resolver is not None else []
+        if taken:
+            raise ValueError(f"with a resolver, task ids starting with {RESOLVER_PREFIX!r} are its: rename {taken}")
         known = set(ids)
         for task in self.tasks:
             for ref, kind in [*((d, "depends on") for d in task.after), *((p, "peers") for p in task.peers)]:
@@ -179,6 +192,34 @@ def add_usage(total: dict[str, float], usage: Any) -> None:
 
 
 @dataclass
+class Resolution:
+    """The resolver's work on one task's conflicted merge: `resolving`, then `resolved` (a
+    verified commit on its own branch, merged or reviewed in the task's place) or `failed`
+    (the conflict stands)."""
+
+    resolver: str  # resolve-<task>
+    files: tuple[str, ...]  # the conflicted files: the resolver's write set
+    against: tuple[str, ...] = ()  # the integrated tasks that changed them
+    base: str | None = None  # the integration head the resolution starts from
+    branch: str | None = None
+    status: Literal["resolving", "resolved", "failed"] = "resolving"
+    commit: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "resolver": self.resolver,
+            "files": list(self.files),
+            "against": list(self.against),
+            "base": self.base,
+            "branch": self.branch,
+            "status": self.status,
+            "commit": self.commit,
+            "error": self.error,
+        }
+
+
+@dataclass
 class TaskState:
     id: str
     status: TaskStatus = "pending"
@@ -195,6 +236,11 @@ class TaskState:
     history: list[str] = field(default_factory=list[str])
     usage: dict[str, float] = field(default_factory=dict[str, float])  # every attempt's model usage, summed
     changed_so_far: tuple[str, ...] = ()  # while it runs: the files it has changed (task.progress)
+    resolution: Resolution | None = None  # its merge conflicted and the graph's resolver took it on
+
+    @property
+    def resolving(self) -> bool:
+        return self.resolution is not None and self.resolution.status == "resolving"
 
     def live(self, now_ms: int) -> bool:
         return self.status in ("claimed", "running") and self.lease_until > now_ms
@@ -265,8 +311,11 @@ class TaskBoard:
         return all(t.status in done for t in self.tasks.values())
 
     def awaiting_review(self) -> list[str]:
-        """Finished tasks a person has not decided on yet, in declaration order."""
-        return [t.id for t in self.spec.tasks if self.tasks[t.id].status == "succeeded"]
+        """Finished tasks a person has not decided on yet, in declaration order (a task whose
+        conflict the resolver is working on waits for the resolution first)."""
+        return [
+            t.id for t in self.spec.tasks if self.tasks[t.id].status == "succeeded" and not self.tasks[t.id].resolving
+        ]
 
     def apply(self, kind: str, data: dict[str, Any], timestamp: int) -> bool:
         """Fold one task event; returns False (and counts it) when the event is refused."""
@@ -327,11 +376,35 @@ class TaskBoard:
                 state.commit = None
                 state.error = None
                 state.feedback = data.get("reason")
+                state.resolution = None  # its next commit is merged afresh
         elif kind == TASK_MERGED:
-            ok = state.status == "succeeded"
+            ok = state.status == "succeeded" and not state.resolving
             if ok:
                 state.status = "merged"
                 state.commit = data.get("commit", state.commit)
+        elif kind == TASK_CONFLICTED:
+            # A new resolution, or another try at one that never finished (the process running
+            # it stopped); a failed one stands until the task itself runs again.
+            ok = state.status == "succeeded" and (state.resolution is None or state.resolving)
+            if ok:
+                state.resolution = Resolution(
+                    resolver=str(data.get("resolver") or f"{RESOLVER_PREFIX}{task_id}"),
+                    files=tuple(str(f) for f in data.get("files", ())),
+                    against=tuple(str(a) for a in data.get("against", ())),
+                    base=data.get("base"),
+                    branch=data.get("branch"),
+                )
+        elif kind in (TASK_RESOLVED, TASK_RESOLUTION_FAILED):
+            resolution = state.resolution
+            ok = state.status == "succeeded" and resolution is not None and resolution.status == "resolving"
+            if ok and resolution is not None:
+                add_usage(state.usage, data.get("usage"))
+                if kind == TASK_RESOLVED:
+                    resolution.status = "resolved"
+                    resolution.commit = data.get("commit")
+                else:
+                    resolution.status = "failed"
+                    resolution.error = data.get("error")
         elif kind == TASK_CANCELLED:
             ok = state.status not in TERMINAL
             if ok:

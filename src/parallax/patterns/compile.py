@@ -575,6 +575,9 @@ def compile_tasks(c: Compiler) -> list[Step]:
             specs.append(TaskSpec.model_validate({"id": name, "after": after, "agent": step.agent, **fields}))
         except ValidationError as e:
             raise c.error(path, "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e
+    resolver = None
+    if "resolver" in data:  # any agent a task can have; it runs when a merge conflicts
+        resolver = c.agent_step("resolver", data["resolver"]["agent"], ("resolver", "agent")).agent
     try:
         graph = TaskGraphSpec(
             tasks=tuple(specs),
@@ -582,6 +585,7 @@ def compile_tasks(c: Compiler) -> list[Step]:
             lease_s=data.get("lease_s", 30.0),
             verify=data.get("verify"),
             review=data.get("review_queue", False),
+            resolver=resolver,
         )
     except ValidationError as e:
         raise c.error(("tasks",), "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from e

@@ -282,6 +282,10 @@ PATTERN_SCHEMA: dict[str, Any] = {
         "lease_s": {"type": "number", "exclusiveMinimum": 0},
         "review_queue": {"type": "boolean", "description": "tasks: finished work waits for `parallax review`"},
         "verify": {"type": "string", "description": "tasks: run on the integration branch after merging"},
+        "resolver": {"type": "object", "additionalProperties": False, "required": ["agent"],
+                     "description": "tasks: resolves a git conflict met while merging a task into the integration "
+                     "branch (a verified resolution on its own branch, reviewed like a task)",
+                     "properties": {"agent": _agent}},
         "approvals": {"type": "object", "propertyNames": _NAME, "additionalProperties": _approval,
                       "description": "approval gates: the run waits for `parallax approve RUN NAME`"},
         "review": {"type": "object", "additionalProperties": False,

@@ -27,6 +27,7 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,3 +350,44 @@ async def merge(worktree: Checkout, commit: str, message: str) -> MergeConflict 
 
 async def diff(repo: Checkout, base: str, commit: str) -> str:
     return (await git(repo, "diff", "--stat", "--patch", "--no-ext-diff", "--no-textconv", base, commit)).out
+
+
+async def merge_keeping_conflicts(worktree: Checkout, commit: str) -> tuple[tuple[str, ...], str]:
+    """Start merging `commit` into the worktree without committing and leave git's conflict
+    markers in the conflicted files, for a resolver to edit; then stage every path as it stands.
+    Returns the conflicted files and the staged tree (markers and all), so what the resolver
+    changes afterwards is `changed_paths(worktree, tree)`; `commit_staged` then makes the
+    merge commit (both parents)."""
+    worktree.check_pointer()
+    result = await git(worktree, "merge", "--no-ff", "--no-commit", "--no-verify", commit, check=False)
+    unmerged = await git(worktree, "diff", "--name-only", "--diff-filter=U", "-z", "--no-ext-diff", check=False)
+    files = tuple(f for f in unmerged.out.split("\0") if f)
+    if result.code != 0 and not files:
+        raise GitError(f"merging {commit[:12]} failed: {(result.out + result.err).strip()}")
+    await git(worktree, "add", "--all", "--", ".", f":(exclude){PRIVATE}")
+    tree = (await git(worktree, "write-tree")).out.strip()
+    return files, tree
+
+
+async def stage_all(worktree: Checkout) -> None:
+    worktree.check_pointer()
+    await git(worktree, "add", "--all", "--", ".", f":(exclude){PRIVATE}")
+
+
+async def commit_staged(worktree: Checkout, message: str) -> str:
+    """Commit what is staged (finishing a merge in progress: the commit has both parents)."""
+    worktree.check_pointer()
+    await git(worktree, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "--allow-empty", "-m", message)
+    return await head(worktree)
+
+
+async def fast_forward(worktree: Checkout, commit: str) -> bool:
+    """Move the worktree's branch to `commit` if it descends from its head; whether it did."""
+    worktree.check_pointer()
+    return (await git(worktree, "merge", "--ff-only", "--no-verify", commit, check=False)).code == 0
+
+
+async def diff_paths(repo: Checkout, base: str, commit: str, paths: Sequence[str]) -> str:
+    """The patch from `base` to `commit`, limited to `paths`."""
+    args = ["diff", "--patch", "--no-ext-diff", "--no-textconv", base, commit, "--", *(f":(literal){p}" for p in paths)]
+    return (await git(repo, *args)).out

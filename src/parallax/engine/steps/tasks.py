@@ -43,6 +43,9 @@ async def run_tasks_step(ctx: StepContext, step: Step) -> None:
         "errors": {t.id: t.error for t in board.tasks.values() if t.error},
         "verify": result.verify,
     }
+    resolutions = {t.id: t.resolution.as_dict() for t in board.tasks.values() if t.resolution is not None}
+    if resolutions:  # conflicts the graph's resolver took on, resolved (and merged) or not
+        output["resolutions"] = resolutions
     events = [ev.ConflictFound(c.model_dump(mode="json")).event(step.id) for c in result.conflicts]
     problems = [f"{t} {s}" for t, s in statuses.items() if s != "merged"]
     if result.conflicts:
