@@ -431,6 +431,9 @@ def describe(state: RunState) -> dict[str, Any]:
                 "verify": state.tasks.spec.task(t.id).verify or state.tasks.spec.verify,
                 "feedback": t.feedback,
                 "review": state.tasks.spec.review,
+                "changed_so_far": list(t.changed_so_far),  # while it runs (its peers see the same)
+                "resolution": t.resolution.as_dict() if t.resolution is not None else None,
+                "usage": dict(t.usage),
             }
             for t in state.tasks.tasks.values()
         },
