@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.agents.scripting import own_part
+
 # Claude Code: "Primary working directory: /x"; opencode: "Working directory: /x" (in <env>).
 _CWD = re.compile(r"(?:Primary working directory|Working directory):\s*(/\S+)")
 
@@ -161,7 +163,7 @@ class FakeAnthropic:
             return
         first = next((m for m in messages if m.get("role") == "user"), {})
         first_text = _text_of(first.get("content"))
-        key = next((k for k in self.script if k in first_text), None)
+        key = next((k for k in self.script if k in own_part(first_text)), None)
         turn = sum(1 for m in messages if m.get("role") == "assistant")
         texts = [_text_of(body.get("system")), *(_text_of(m.get("content")) for m in messages)]
         match = next((m for m in map(_CWD.search, texts) if m), None)

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from tests.agents.fake_openai import FakeOpenAI
+from tests.agents.scripting import own_part
 
 
 def _text_of(content: Any) -> str:
@@ -49,7 +50,7 @@ class FakeChat(FakeOpenAI):
     def respond(self, handler: BaseHTTPRequestHandler, request: dict[str, Any], entry: dict[str, Any]) -> None:
         messages = [m for m in request.get("messages") or [] if isinstance(m, dict)]
         users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
-        key = next((k for k in self.keyed if any(k in text for text in users)), None)
+        key = next((k for k in self.keyed if any(k in own_part(text) for text in users)), None)
         # aider opens with example exchanges: count the answers after the prompt's message
         start = next((i for i, m in enumerate(messages) if key and key in _text_of(m.get("content"))), 0)
         turn = sum(1 for m in messages[start:] if m.get("role") == "assistant")

@@ -32,6 +32,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.agents.scripting import own_part
+
 _CWD = re.compile(r"\*\*Workspace Directories:\*\*\s*-\s*(/\S+)")  # in its <session_context> message
 _METHOD = re.compile(r"^/v1beta/models/([^/:?]+):(\w+)")
 
@@ -164,7 +166,7 @@ class FakeGemini:
             self.answer(handler, method, body, {"text": self.side_answer(body)})
             return
         users = [_text_of(c) for c in contents if c.get("role") == "user"]
-        key = next((k for k in self.script if any(k in text for text in users)), None)
+        key = next((k for k in self.script if any(k in own_part(text) for text in users)), None)
         start = next((i for i, c in enumerate(contents) if key and key in _text_of(c)), 0)
         turn = sum(1 for c in contents[start:] if c.get("role") == "model")
         found = next((m for m in map(_CWD.search, map(_text_of, contents)) if m), None)

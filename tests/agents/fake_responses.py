@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.agents.scripting import own_part
+
 _CWD = re.compile(r"<cwd>\s*(/[^<\s]+)\s*</cwd>")
 CALLS = ("function_call", "custom_tool_call", "local_shell_call")
 OUTPUTS = ("function_call_output", "custom_tool_call_output", "local_shell_call_output")
@@ -142,7 +144,7 @@ class FakeResponses:
         items = [i for i in body.get("input") or [] if isinstance(i, dict)]
         texts = [_text_of(i.get("content")) for i in items if i.get("role") in ("user", "developer", "system")]
         users = [_text_of(i.get("content")) for i in items if i.get("role") == "user"]
-        key = next((k for k in self.script if any(k in text for text in users)), None)
+        key = next((k for k in self.script if any(k in own_part(text) for text in users)), None)
         turn = sum(1 for i in items if i.get("type") in CALLS)
         match = next((m for m in map(_CWD.search, texts) if m), None)
         cwd = match.group(1) if match else None
