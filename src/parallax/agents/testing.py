@@ -33,13 +33,23 @@ __all__ = ["FunctionModel", "ScriptedModel"]
 class ScriptedModel(FunctionModel):
     """Answers in order; the last answer repeats once the script runs out."""
 
-    def __init__(self, answers: Sequence[Any], *, chunk_size: int = 24, chunk_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        answers: Sequence[Any],
+        *,
+        chunk_size: int = 24,
+        chunk_delay_s: float = 0.0,
+        hold_until: str | None = None,
+    ) -> None:
         if not answers:
             raise PlanError("a scripted model needs at least one answer")
         self.answers = list(answers)
         self.calls = 0
         self.chunk_size = chunk_size
         self.chunk_delay_s = chunk_delay_s
+        # A file whose existence releases the rest of each streamed answer: a test can watch a
+        # run mid-stream for as long as it needs, then let it finish (no timing involved).
+        self.hold_until = Path(hold_until) if hold_until else None
         super().__init__(self._answer, stream_function=self._stream, model_name="scripted")
 
     @staticmethod
@@ -54,7 +64,7 @@ class ScriptedModel(FunctionModel):
     def from_file(cls, path: str, agent: str) -> ScriptedModel:
         """`path` holds a JSON list of answers, or an object mapping agent names (or step ids,
         such as `critic.r2` for a later round) to lists, with an optional
-        `"_settings": {"chunk_delay_s": ..., "chunk_size": ...}`."""
+        `"_settings": {"chunk_delay_s": ..., "chunk_size": ..., "hold_until": FILE}`."""
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
@@ -71,6 +81,7 @@ class ScriptedModel(FunctionModel):
             data,
             chunk_size=int(settings.get("chunk_size", 24)),
             chunk_delay_s=float(settings.get("chunk_delay_s", 0.0)),
+            hold_until=settings.get("hold_until"),
         )
 
     def _next(self) -> Any:
@@ -115,10 +126,25 @@ class ScriptedModel(FunctionModel):
         pieces = [text[i : i + self.chunk_size] for i in range(0, len(text), self.chunk_size)] or [""]
         if structured:
             yield {0: DeltaToolCall(name=info.output_tools[0].name, tool_call_id="scripted-1")}
-        for piece in pieces:
+        for index, piece in enumerate(pieces):
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
+            if index == 1 and self.hold_until is not None:
+                await _released(self.hold_until)
             yield {0: DeltaToolCall(json_args=piece)} if structured else piece
+
+
+HOLD_LIMIT_S = 600.0
+
+
+async def _released(path: Path) -> None:
+    """Wait until `path` exists (a test releases a held answer); fail after HOLD_LIMIT_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HOLD_LIMIT_S
+    while not await asyncio.to_thread(path.exists):
+        if loop.time() > deadline:
+            raise TimeoutError(f"scripted answer held: {path} never appeared")
+        await asyncio.sleep(0.02)  # polling a file the test writes; the deadline bounds it
 
 
 def _is_tool_call(answer: Any) -> bool:
