@@ -11,6 +11,8 @@ looks like to `integrate()`."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,14 @@ def test_a_conflict_is_resolved_verified_and_merged_by_the_resolver(tmp_path: Pa
     assert kinds[-3:] == [("task.conflicted", "b"), ("task.resolved", "b"), ("task.merged", "b")]
     merged = [e for e in events if e["type"] == "task.merged" and e["data"]["task"] == "b"]
     assert merged[0]["data"]["resolved_by"] == "resolve-b"
+    # `parallax tasks` says so too
+    shown = subprocess.run(
+        [sys.executable, "-m", "parallax", "--store", f"sqlite://{tmp_path / 't.db'}", "tasks", "t"],
+        capture_output=True, text=True, timeout=120, cwd=repo,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    line = next(line for line in shown.stdout.splitlines() if line.startswith("b "))
+    assert "(conflict in config.txt: resolver resolved)" in line
 
 
 @pytest.mark.parametrize(

@@ -381,3 +381,48 @@ def test_the_prompt_lists_the_tasks_running_beside_it() -> None:
     assert "## a (running)" in section and "- writes: a/**" in section and "- changed so far: a/x.py" in section
     assert "## c" not in section and "## b" not in section  # not running; and not itself
     assert prompt_section(board, "r", "a") == ""  # alone
+
+
+def test_a_coder_on_a_scripted_model_is_seen_by_its_peer_while_it_works(tmp_path: Path) -> None:
+    # a: the coder agent on the scripted model (a test double at the model boundary) writes a.txt,
+    # then its final answer is held mid-stream until b releases it. b: a command agent that waits
+    # until .shared/peers.md shows a running with a.txt changed, keeps what it saw, messages a,
+    # and releases it.
+    release = tmp_path / "release"
+    answers = {
+        "a": [{"__tool__": "write_file", "args": {"path": "a.txt", "content": "first\n"}},
+              "Wrote a.txt; nothing else to change."],
+        "_settings": {"hold_until": str(release), "chunk_size": 8},
+    }  # fmt: skip
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    repo = init_repo(tmp_path / "r", {"README.md": "x\n"})
+    # (given up after a minute, it still releases a, so that a broken build fails fast)
+    wait = "i=0; until {check}; do i=$((i+1)); [ $i -gt 1200 ] && {{ touch {release}; exit 3; }}; sleep 0.05; done"
+    b = (
+        wait.format(check="grep -q 'changed so far: a.txt' .shared/peers.md 2>/dev/null", release=release)
+        + "; cp .shared/peers.md b-saw.md; "
+        + f'{sys.executable} -m parallax message "$PARALLAX_RUN_ID" --to a "a.txt is yours; I only read it"; '
+        + f"touch {release}"
+    )
+    doc = {
+        "pattern": "tasks",
+        "name": "peers-coder",
+        "workers": 2,
+        "tasks": {
+            "a": {"prompt": "Write a.txt", "writes": ["a.txt"],
+                  "agent": {"kind": "coder", "model": f"scripted:{tmp_path / 'answers.json'}"}},
+            "b": {"prompt": "Read a.txt", "writes": ["b-saw.md"],
+                  "agent": {"kind": "command", "command": b, "env": ["PARALLAX_STORE", "PYTHONPATH"]}},
+        },
+    }  # fmt: skip
+    env = {**os.environ, "PARALLAX_STORE": f"sqlite://{tmp_path / 't.db'}", "PYTHONPATH": str(ROOT)}
+    state = run_tasks(tmp_path, repo, doc, env=env)
+    assert state.status == "succeeded", state.steps["tasks"].error
+    saw = sh(repo, "git", "show", "parallax/t/integration:b-saw.md")
+    assert "## a (running)" in saw and "- writes: a.txt" in saw and "- changed so far: a.txt" in saw
+
+    async def inbox() -> list[str]:
+        async with SqliteStore(tmp_path / "t.db") as store:
+            return [json.loads(r.body)["text"] for r in await store.read_all("runs/t/inbox/a")]
+
+    assert asyncio.run(inbox()) == ["a.txt is yours; I only read it"]

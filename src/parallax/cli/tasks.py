@@ -55,6 +55,9 @@ def tasks(ctx: click.Context, run_id: str, as_json: bool) -> None:
                 "changed": list(board.tasks[t.id].changed),
                 "commit": board.tasks[t.id].commit,
                 "error": board.tasks[t.id].error,
+                "resolution": (
+                    board.tasks[t.id].resolution.as_dict() if board.tasks[t.id].resolution is not None else None
+                ),
             }
             for t in spec.tasks
         ]
@@ -66,6 +69,9 @@ def tasks(ctx: click.Context, run_id: str, as_json: bool) -> None:
     for row in rows:
         detail = row["error"] or (f"{len(row['changed'])} file(s) changed" if row["changed"] else "")
         holder = f" by {row['holder']}" if row["status"] in ("claimed", "running") else ""
+        resolution = row["resolution"]
+        if resolution is not None:  # its merge conflicted and the graph's resolver took it up
+            detail += f"  (conflict in {', '.join(resolution.get('files') or [])}: resolver {resolution['status']})"
         click.echo(f"{row['task']:<20} {row['status']:<10} x{row['attempt']}{holder}  {detail}")
 
 
