@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,13 +137,18 @@ async def test_nats_server_killed_and_restarted_five_times(tmp_path: Path) -> No
             def served_after(count: int) -> Callable[[], bool]:
                 return lambda: len(witness) >= count + 40
 
+            def disconnected(client: Any) -> Callable[[], bool]:
+                return lambda: not client.is_connected
+
             writer = asyncio.create_task(write_witness())
             for _ in range(5):
                 # the server serves a while between restarts: 40 more witness appends
                 await async_wait_until(served_after(len(witness)), timeout=120, what="the restarted server")
                 assert not (await api.load_run(store, run_id)).finished, "the run ended before the restarts did"
                 server.kill()
-                await asyncio.sleep(0.3)  # the scenario: how long the server stays down (not a wait for anything)
+                # down until the test's own client has seen it go (the workers' clients see it too)
+                client, _ = await store._conn.connection()
+                await async_wait_until(disconnected(client), timeout=120, what="the client seeing the outage")
                 server.start()
             (tmp_path / "release").touch()
             for name, process in zip(("w1", "w2"), workers, strict=True):
