@@ -29,12 +29,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.agents.scripting import own_part
+from tests.agents.scripting import ScriptedServer, fill, own_part
 
 # Claude Code: "Primary working directory: /x"; opencode: "Working directory: /x" (in <env>).
 _CWD = re.compile(r"(?:Primary working directory|Working directory):\s*(/\S+)")
@@ -54,67 +53,18 @@ def _text_of(content: Any) -> str:
     return "\n".join(parts)
 
 
-def _fill(value: Any, cwd: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{cwd}", cwd)
-    if isinstance(value, dict):
-        return {k: _fill(v, cwd) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, cwd) for v in value]
-    return value
-
-
-class FakeAnthropic:
+class FakeAnthropic(ScriptedServer):
     def __init__(self, script: dict[str, list[dict[str, Any]]], side_text: str = "Fake title") -> None:
-        self.script = script
+        super().__init__(script)
         self.side_text = side_text
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "key", "turn", "cwd"}
-        self.lock = threading.Lock()
         self.ids = itertools.count(1)
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length) if length else b"{}"
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    body = {"unparsed": raw.decode(errors="replace")}
-                fake.handle(self, body)
-
-            def do_GET(self) -> None:
-                fake.record(self, None, None, None)
-                fake.error(self, 404, "not_found_error", f"the fake serves POST /v1/messages, not GET {self.path}")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
         """`ANTHROPIC_BASE_URL` (both programs append /v1/messages themselves)."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakeAnthropic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return self.address
 
     # -- what was asked ---------------------------------------------------------------------
-
-    def of(self, key: str) -> list[dict[str, Any]]:
-        """The recorded requests matched to a script KEY, in arrival order."""
-        with self.lock:
-            return [r for r in self.requests if r["key"] == key]
 
     def side_requests(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -134,17 +84,8 @@ class FakeAnthropic:
 
     # -- answering --------------------------------------------------------------------------
 
-    def record(
-        self,
-        handler: BaseHTTPRequestHandler,
-        body: Any,
-        key: str | None,
-        turn: int | str | None,
-        cwd: str | None = None,
-    ) -> None:
-        entry = {"path": handler.path, "headers": dict(handler.headers.items()), "body": body, "key": key, "turn": turn}
-        with self.lock:
-            self.requests.append({**entry, "cwd": cwd})
+    def not_found(self, handler: BaseHTTPRequestHandler) -> None:
+        self.error(handler, 404, "not_found_error", f"the fake serves POST /v1/messages, not GET {handler.path}")
 
     def handle(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         path = handler.path.split("?", 1)[0]
@@ -176,7 +117,7 @@ class FakeAnthropic:
         if turn >= len(entries):
             self.error(handler, 400, "invalid_request_error", f"fake: the script for {key!r} ran out at turn {turn}")
             return
-        self.answer(handler, body, _fill(entries[turn], cwd or "{cwd}"))
+        self.answer(handler, body, fill(entries[turn], cwd or "{cwd}"))
 
     def answer(self, handler: BaseHTTPRequestHandler, request: dict[str, Any], entry: dict[str, Any]) -> None:
         if "status" in entry:

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.agents.scripting import own_part
+from tests.agents.scripting import ScriptedServer, fill, own_part
 
 _CWD = re.compile(r"\*\*Workspace Directories:\*\*\s*-\s*(/\S+)")  # in its <session_context> message
 _METHOD = re.compile(r"^/v1beta/models/([^/:?]+):(\w+)")
@@ -47,16 +46,6 @@ def _text_of(content: Any) -> str:
     )
 
 
-def _fill(value: Any, cwd: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{cwd}", cwd)
-    if isinstance(value, dict):
-        return {k: _fill(v, cwd) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, cwd) for v in value]
-    return value
-
-
 def default_side_answer(request: dict[str, Any]) -> str:
     """A side request's text: JSON when one is asked for (gemini-cli parses it), else a title."""
     config = request.get("generationConfig") or {}
@@ -65,63 +54,21 @@ def default_side_answer(request: dict[str, Any]) -> str:
     return "Fake title"
 
 
-class FakeGemini:
+class FakeGemini(ScriptedServer):
     def __init__(
         self,
         script: dict[str, list[dict[str, Any]]],
         side_answer: Callable[[dict[str, Any]], str] = default_side_answer,
     ) -> None:
-        self.script = script
+        super().__init__(script)
         self.side_answer = side_answer
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "key", "turn", "cwd"}
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length) if length else b"{}"
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    body = {"unparsed": raw.decode(errors="replace")}
-                fake.handle(self, body)
-
-            def do_GET(self) -> None:
-                fake.record(self, None, None, None)
-                fake.error(self, 404, f"the fake serves POST /v1beta/models/..., not GET {self.path}")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
         """`GOOGLE_GEMINI_BASE_URL` (the client appends /v1beta/models/...)."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def __enter__(self) -> FakeGemini:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return self.address
 
     # -- what was asked ---------------------------------------------------------------------
-
-    def of(self, key: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r for r in self.requests if r["key"] == key]
-
-    def side_requests(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [r for r in self.requests if r["turn"] == "side"]
 
     @staticmethod
     def function_responses(request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,17 +84,8 @@ class FakeGemini:
 
     # -- answering --------------------------------------------------------------------------
 
-    def record(
-        self,
-        handler: BaseHTTPRequestHandler,
-        body: Any,
-        key: str | None,
-        turn: int | str | None,
-        cwd: str | None = None,
-    ) -> None:
-        entry = {"path": handler.path, "headers": dict(handler.headers.items()), "body": body, "key": key, "turn": turn}
-        with self.lock:
-            self.requests.append({**entry, "cwd": cwd})
+    def not_found(self, handler: BaseHTTPRequestHandler) -> None:
+        self.error(handler, 404, f"the fake serves POST /v1beta/models/..., not GET {handler.path}")
 
     def handle(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         match = _METHOD.match(handler.path)
@@ -179,7 +117,7 @@ class FakeGemini:
         if turn >= len(entries):
             self.error(handler, 400, f"fake: the script for {key!r} ran out at turn {turn}")
             return
-        self.answer(handler, method, body, _fill(entries[turn], cwd or "{cwd}"))
+        self.answer(handler, method, body, fill(entries[turn], cwd or "{cwd}"))
 
     def answer(
         self, handler: BaseHTTPRequestHandler, method: str, request: dict[str, Any], entry: dict[str, Any]

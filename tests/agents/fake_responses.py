@@ -28,12 +28,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.agents.scripting import own_part
+from tests.agents.scripting import ScriptedServer, fill, own_part
 
 _CWD = re.compile(r"<cwd>\s*(/[^<\s]+)\s*</cwd>")
 CALLS = ("function_call", "custom_tool_call", "local_shell_call")
@@ -51,66 +50,17 @@ def _text_of(content: Any) -> str:
     )
 
 
-def _fill(value: Any, cwd: str) -> Any:
-    if isinstance(value, str):
-        return value.replace("{cwd}", cwd)
-    if isinstance(value, dict):
-        return {k: _fill(v, cwd) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, cwd) for v in value]
-    return value
-
-
-class FakeResponses:
+class FakeResponses(ScriptedServer):
     def __init__(self, script: dict[str, list[dict[str, Any]]]) -> None:
-        self.script = script
-        self.requests: list[dict[str, Any]] = []  # {"path", "headers", "body", "key", "turn", "cwd"}
-        self.lock = threading.Lock()
+        super().__init__(script)
         self.ids = itertools.count(1)
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                raw = self.rfile.read(length) if length else b"{}"
-                try:
-                    body = json.loads(raw or b"{}")
-                except ValueError:
-                    body = {"unparsed": raw.decode(errors="replace")}
-                fake.handle(self, body)
-
-            def do_GET(self) -> None:
-                fake.record(self, None, None, None)
-                fake.error(self, 404, f"the fake serves POST /v1/responses, not GET {self.path}")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
         """A provider's `base_url` (codex appends /responses)."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def __enter__(self) -> FakeResponses:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return f"{self.address}/v1"
 
     # -- what was asked ---------------------------------------------------------------------
-
-    def of(self, key: str) -> list[dict[str, Any]]:
-        """The recorded requests matched to a script KEY, in arrival order."""
-        with self.lock:
-            return [r for r in self.requests if r["key"] == key]
 
     @staticmethod
     def call_outputs(request: dict[str, Any]) -> list[str]:
@@ -124,17 +74,8 @@ class FakeResponses:
 
     # -- answering --------------------------------------------------------------------------
 
-    def record(
-        self,
-        handler: BaseHTTPRequestHandler,
-        body: Any,
-        key: str | None,
-        turn: int | None,
-        cwd: str | None = None,
-    ) -> None:
-        entry = {"path": handler.path, "headers": dict(handler.headers.items()), "body": body, "key": key, "turn": turn}
-        with self.lock:
-            self.requests.append({**entry, "cwd": cwd})
+    def not_found(self, handler: BaseHTTPRequestHandler) -> None:
+        self.error(handler, 404, f"the fake serves POST /v1/responses, not GET {handler.path}")
 
     def handle(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         if handler.path.split("?", 1)[0] != "/v1/responses":
@@ -156,7 +97,7 @@ class FakeResponses:
         if turn >= len(entries):
             self.error(handler, 400, f"fake: the script for {key!r} ran out at turn {turn}")
             return
-        self.answer(handler, body, _fill(entries[turn], cwd or "{cwd}"))
+        self.answer(handler, body, fill(entries[turn], cwd or "{cwd}"))
 
     def answer(self, handler: BaseHTTPRequestHandler, request: dict[str, Any], entry: dict[str, Any]) -> None:
         if "status" in entry:
