@@ -23,9 +23,9 @@ from parallax.core.state import RunState
 from parallax.core.tasks import TaskBoard
 from parallax.engine import tasks as engine_tasks
 from parallax.engine.api import create_run
+from parallax.engine.integration import decide_review, task_diff, task_graph_of, verify_output
 from parallax.engine.runner import Runner, RunOptions
 from parallax.engine.taskboard import TaskClient
-from parallax.engine.tasks import decide_review, task_diff, task_graph_of, verify_output
 from parallax.patterns.yaml_loader import compile_pattern
 from parallax.streams.sqlite import SqliteStore
 from tests.workspaces.test_parallel_coding import _control, init_repo, run_tasks, sh

@@ -22,14 +22,8 @@ import click
 
 from parallax.cli.context import FiniteFloat, run_with_store
 from parallax.core.errors import UserError
-from parallax.engine.tasks import (
-    TaskRunOptions,
-    decide_review,
-    run_worker,
-    task_diff,
-    task_graph_of,
-    verify_output,
-)
+from parallax.engine.integration import decide_review, task_diff, task_graph_of, verify_output
+from parallax.engine.tasks import TaskRunOptions, run_worker
 from parallax.streams.base import StreamStore
 from parallax.workspaces import git
 from parallax.workspaces.workspace import Workspaces

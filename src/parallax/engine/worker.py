@@ -42,9 +42,10 @@ from parallax.core.work import Offer
 from parallax.engine.api import load_run
 from parallax.engine.attempt import AttemptInput, run_attempt
 from parallax.engine.control import agent_stream
+from parallax.engine.integration import task_graph_of
 from parallax.engine.lease import Lease, Leases
 from parallax.engine.runner import Runner, RunOptions
-from parallax.engine.tasks import TaskRunOptions, run_worker, task_graph_of
+from parallax.engine.tasks import TaskRunOptions, run_worker
 from parallax.engine.work import RUNS_STREAM, RemoteExecutor, WorkClient, failure_result
 from parallax.settings import HooksConfig
 from parallax.streams.base import AppendInput, StreamStore

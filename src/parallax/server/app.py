@@ -35,8 +35,8 @@ from parallax.engine import api, live, registry
 from parallax.engine.control import control_stream
 from parallax.engine.follow import Followed, follow_run
 from parallax.engine.heartbeat import pulse
+from parallax.engine.integration import decide_review, task_diff, verify_output
 from parallax.engine.runner import Runner
-from parallax.engine.tasks import decide_review, task_diff, verify_output
 from parallax.launch import load_plan, run_options
 from parallax.report import build_report
 from parallax.server.auth import Principal, Tokens

@@ -115,8 +115,8 @@ class ParallaxTools:
 
     async def task_peers(self, run_id: str, task: str) -> dict[str, Any]:
         """The tasks running beside `task` in a task graph: prompts, write sets, files changed so far."""
+        from parallax.engine.integration import task_graph_of
         from parallax.engine.peers import peers_of
-        from parallax.engine.tasks import task_graph_of
 
         spec, board = await task_graph_of(self.store, run_id)
         if task not in {t.id for t in spec.tasks}:

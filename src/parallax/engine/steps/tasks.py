@@ -11,8 +11,9 @@ from parallax.core import events as ev
 from parallax.core.events import Event
 from parallax.core.plan import Step
 from parallax.core.tasks import TaskBoard, TaskGraphSpec, add_usage
+from parallax.engine.integration import integrate
 from parallax.engine.steps.context import StepContext
-from parallax.engine.tasks import TaskRunOptions, integrate, run_worker
+from parallax.engine.tasks import TaskRunOptions, run_worker
 
 
 async def run_tasks_step(ctx: StepContext, step: Step) -> None:
